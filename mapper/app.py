@@ -1,0 +1,166 @@
+"""The Flask adapter: Khoros HTTP in, engine call, Khoros HTTP out.
+
+All decisions live in the engine; this module only checks the Authorization
+header, parses JSON, picks the trace id, calls :class:`~mapper.engine.Engine`
+and serialises what comes back, including every error as the Khoros error
+JSON. Routes are generated from the operation table in :mod:`mapper.khoros`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import time
+import uuid
+from typing import Any, Callable
+
+from flask import Flask, Response, g, request
+
+from .engine import Engine, Tenancy
+from .errors import BadRequest, ConfigError, KhorosError, Problem, ServerError, Unauthorized
+from .khoros import OPERATIONS, Operation
+from .logs import configure
+
+log = logging.getLogger("mapper.app")
+
+API_PREFIX = "/api/v1"
+# Only statuses Khoros knows may leave the server.
+KHOROS_STATUSES = frozenset({200, 201, 204, 400, 401, 404, 422, 500})
+
+
+def parse_tokens(raw: str | None) -> list[str]:
+    """``MAPPER_AUTH_TOKENS`` holds one or more comma-separated values (for rotation)."""
+    return [t.strip() for t in (raw or "").split(",") if t.strip()]
+
+
+class TokenCheck:
+    """Compares the Authorization header with every configured token in constant time."""
+
+    def __init__(self, tokens: list[str]) -> None:
+        if not tokens:
+            raise ConfigError([Problem("environment", 0, "MAPPER_AUTH_TOKENS",
+                                       "no Khoros token is configured; set MAPPER_AUTH_TOKENS to the secret "
+                                       "registered with Khoros (several, comma-separated, while rotating)")])
+        self._tokens = [t.encode() for t in tokens]
+
+    def allows(self, header: str | None) -> bool:
+        if not header:
+            return False
+        candidates = [header.encode()]
+        if header[:7].lower() == "bearer ":
+            candidates.append(header[7:].strip().encode())
+        matched = False
+        for token in self._tokens:  # no early exit: the time taken does not depend on which matched
+            for candidate in candidates:
+                matched |= hmac.compare_digest(candidate, token)
+        return matched
+
+
+def _json(payload: Any, status: int) -> Response:
+    return Response(json.dumps(payload), status=status, mimetype="application/json")
+
+
+def create_app(engine: Engine | None = None, *, mapping_path: str | None = None,
+               tokens: list[str] | None = None) -> Flask:
+    """Build the Khoros-facing app for one mapping.
+
+    ``engine`` (or ``mapping_path``, default ``$MAPPER_MAPPING``) is loaded
+    once here; ``tokens`` default to ``$MAPPER_AUTH_TOKENS``.
+    """
+    if engine is None:
+        path = mapping_path or os.environ.get("MAPPER_MAPPING")
+        if not path:
+            raise ConfigError([Problem("environment", 0, "MAPPER_MAPPING",
+                                       "no mapping given; pass one or set MAPPER_MAPPING to a mapping file")])
+        engine = Engine.load(path)
+    check = TokenCheck(tokens if tokens is not None else parse_tokens(os.environ.get("MAPPER_AUTH_TOKENS")))
+    redactor = configure(os.environ.get("MAPPER_LOG_LEVEL", "INFO"), engine.secret_values)
+
+    app = Flask("mapper")
+    app.config["ENGINE"] = engine
+
+    @app.before_request
+    def start() -> Response | None:
+        g.trace_id = uuid.uuid4().hex[:16]
+        g.started = time.monotonic()
+        if request.path.startswith(API_PREFIX) and not check.allows(request.headers.get("Authorization")):
+            raise Unauthorized("Missing or wrong Authorization value: use the secret registered with Khoros "
+                               "for this CRM.")
+        return None
+
+    @app.after_request
+    def finish(response: Response) -> Response:
+        if request.path != "/healthz":
+            redactor.add(engine.secret_values)
+            log.info("trace=%s %s %s -> %s %.0fms", g.get("trace_id", "-"), request.method, request.path,
+                     response.status_code, (time.monotonic() - g.get("started", time.monotonic())) * 1000)
+        response.headers["X-Trace-Id"] = g.get("trace_id", "-")
+        return response
+
+    @app.errorhandler(KhorosError)
+    def khoros_error(exc: KhorosError) -> Response:
+        trace = g.get("trace_id", "-")
+        level = logging.ERROR if exc.status >= 500 else logging.INFO
+        log.log(level, "trace=%s error=%s status=%s message=%s%s", trace, exc.code, exc.status, exc.message,
+                f" detail={exc.internal}" if exc.internal else "")
+        return _json(exc.to_json(trace), exc.status)
+
+    @app.errorhandler(404)
+    def no_route(exc: Exception) -> Response:
+        return khoros_error(_no_route())
+
+    @app.errorhandler(405)
+    def wrong_method(exc: Exception) -> Response:
+        return khoros_error(BadRequest(f"{request.method} is not allowed on {request.path}."))
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        trace = g.get("trace_id", "-")
+        log.exception("trace=%s unexpected %s", trace, type(exc).__name__)
+        return _json(ServerError("Unexpected error in the CRM bridge; the trace id is in its log.").to_json(trace),
+                     500)
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return _json({"status": "ok", "mapping": engine.mapping.name}, 200)
+
+    @app.get(f"{API_PREFIX}/meta/object/<kind>")
+    def meta(kind: str) -> Response:
+        return _json(engine.meta(kind, g.trace_id), 200)
+
+    for op in OPERATIONS:
+        app.add_url_rule(API_PREFIX + op.rule, endpoint=op.name, view_func=_view(engine, op),
+                         methods=[op.method])
+    return app
+
+
+def _no_route() -> KhorosError:
+    from .errors import NotFound
+    return NotFound(f"There is no {request.method} {request.path} in the Khoros Custom CRM API.")
+
+
+def _view(engine: Engine, op: Operation) -> Callable[..., Response]:
+    def view(id: str | None = None) -> Response:
+        body = _read_body() if op.method in ("POST", "PATCH", "PUT") else None
+        tenancy = Tenancy(
+            user_email=request.headers.get("x-sf-user-email") or request.headers.get("x-sf-email"),
+            initiative=request.headers.get("x-sf-initiative"),
+            company_id=request.headers.get("x-sf-company-id"))
+        status, payload = engine.run(op.name, body, id=id, tenancy=tenancy, trace_id=g.trace_id)
+        assert status in KHOROS_STATUSES
+        return _json(payload, status)
+
+    view.__name__ = op.name
+    return view
+
+
+def _read_body() -> Any:
+    raw = request.get_data(cache=False)
+    if not raw.strip():
+        raise BadRequest("The request body is empty; send a JSON object.")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"The request body is not valid JSON ({type(exc).__name__}).") from exc

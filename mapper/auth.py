@@ -1,0 +1,149 @@
+"""How the engine proves itself to the CRM: one signer per mapping.
+
+The kinds are a table (:data:`SIGNERS`) read by the compiler: ``none``,
+``bearer``, ``basic``, ``header``, ``query`` and ``oauth2``. Static
+credentials are rendered once at start-up from the mapping's secrets.
+``oauth2`` fetches a token on first use, shares it across requests and
+threads, and fetches a new one once when an answer says it expired (by
+default HTTP 401); values from the token answer other than the token (such as
+an instance URL) are exposed to templates as ``auth.<name>``.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+from typing import Any
+
+from jsonpath_ng import JSONPath
+
+from .budget import Deadline
+from .errors import UpstreamError
+from .templating import Compiled
+from .upstream import Client, Inbound, Outbound, Signer
+
+log = logging.getLogger("mapper.auth")
+
+
+class NoAuth(Signer):
+    """The CRM needs no credentials (or they are in the base URL's network)."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        pass
+
+
+class BearerAuth(Signer):
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._header = f"Bearer {values['token']}"
+
+    def sign(self, outbound: Outbound, client: Client, deadline: Deadline) -> None:
+        outbound.headers["Authorization"] = self._header
+
+
+class BasicAuth(Signer):
+    def __init__(self, values: dict[str, Any]) -> None:
+        pair = f"{values['username']}:{values['password']}".encode()
+        self._header = "Basic " + base64.b64encode(pair).decode("ascii")
+
+    def sign(self, outbound: Outbound, client: Client, deadline: Deadline) -> None:
+        outbound.headers["Authorization"] = self._header
+
+
+class HeaderAuth(Signer):
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._name = values["name"]
+        self._value = str(values["value"])
+
+    def sign(self, outbound: Outbound, client: Client, deadline: Deadline) -> None:
+        outbound.headers[self._name] = self._value
+
+
+class QueryAuth(Signer):
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._name = values["name"]
+        self._value = str(values["value"])
+
+    def sign(self, outbound: Outbound, client: Client, deadline: Deadline) -> None:
+        outbound.params.append((self._name, self._value))
+
+
+class OAuth2(Signer):
+    """OAuth 2.0 client-credentials or refresh-token grant with a shared, cached token."""
+
+    def __init__(self, values: dict[str, Any], token_path: JSONPath, expires_path: JSONPath | None,
+                 extra: dict[str, JSONPath], refresh_when: Compiled | None) -> None:
+        self._form = {"grant_type": values.get("grant") or "client_credentials",
+                      "client_id": values.get("client_id"), "client_secret": values.get("client_secret")}
+        if values.get("refresh_token"):
+            self._form["refresh_token"] = values["refresh_token"]
+        if values.get("scope"):
+            self._form["scope"] = values["scope"]
+        self._form = {k: v for k, v in self._form.items() if v}
+        self._token_url = str(values["token_url"])
+        self._token_path = token_path
+        self._expires_path = expires_path
+        self._extra = extra
+        self._refresh_when = refresh_when
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._expires_at: float | None = None
+        self.values: dict[str, Any] = {}
+        self.token_requests = 0
+
+    def ensure(self, client: Client, deadline: Deadline) -> None:
+        """Have a valid token (fetching one if none is cached or it has expired)."""
+        with self._lock:
+            fresh = self._token is not None and (self._expires_at is None or time.time() < self._expires_at)
+            if not fresh:
+                self._fetch(client, deadline)
+
+    def sign(self, outbound: Outbound, client: Client, deadline: Deadline) -> None:
+        self.ensure(client, deadline)
+        outbound.headers["Authorization"] = f"Bearer {self._token}"
+
+    def refresh_on(self, answer: Inbound) -> bool:
+        if self._refresh_when is None:
+            return answer.status == 401
+        return bool(self._refresh_when.evaluate({"status": answer.status, "response": answer.body,
+                                                 "headers": answer.headers}))
+
+    def refresh(self, client: Client, deadline: Deadline) -> None:
+        with self._lock:
+            self._fetch(client, deadline)
+
+    def _fetch(self, client: Client, deadline: Deadline) -> None:
+        self.token_requests += 1
+        answer = client.send_raw(Outbound("POST", self._token_url, form=dict(self._form),
+                                          headers={"Accept": "application/json"}), deadline)
+        if not answer.ok:
+            self._token = None
+            raise UpstreamError(
+                f"The CRM's token endpoint refused our OAuth credentials (HTTP {answer.status}). "
+                "Check the client id, secret or refresh token this mapping reads from the environment.",
+                code="crm_auth_failed", internal=answer.text[:300])
+        matches = self._token_path.find(answer.body)
+        if not matches or not matches[0].value:
+            raise UpstreamError("The CRM's token endpoint answered without an access token.",
+                                code="crm_auth_failed")
+        self._token = str(matches[0].value)
+        self._expires_at = None
+        if self._expires_path is not None:
+            found = self._expires_path.find(answer.body)
+            if found and isinstance(found[0].value, (int, float)):
+                # Renew a little early so a token never expires mid-request.
+                self._expires_at = time.time() + max(float(found[0].value) - 30.0, 0.0)
+        self.values = {name: (path.find(answer.body)[0].value if path.find(answer.body) else None)
+                       for name, path in self._extra.items()}
+        log.info("fetched an OAuth token (request #%d)", self.token_requests)
+
+
+SIGNERS: dict[str, tuple[type[Signer], tuple[str, ...]]] = {
+    "none": (NoAuth, ()),
+    "bearer": (BearerAuth, ("token",)),
+    "basic": (BasicAuth, ("username", "password")),
+    "header": (HeaderAuth, ("name", "value")),
+    "query": (QueryAuth, ("name", "value")),
+    "oauth2": (OAuth2, ("token_url", "client_id")),
+}

@@ -1,0 +1,516 @@
+"""Check a mapping file completely and compile it into ready-to-run objects.
+
+Everything that can be known before a request arrives is checked here, and
+every problem is reported at once as ``file:line: dotted.key: message``:
+the JSON Schema (shape and unknown keys, with did-you-mean), templates that
+do not compile or reach for private attributes, JSONPaths that do not parse,
+names a template reads that no earlier step defines, ``body.<field>`` names
+that are not in the operation's inbound fields, and steps that mix kinds.
+The result is a :class:`CompiledMapping` that the engine interprets without
+parsing anything again.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import jsonschema
+from jinja2 import nodes
+from jsonpath_ng import JSONPath
+from jsonpath_ng.exceptions import JsonPathLexerError, JsonPathParserError
+from jsonpath_ng.ext import parse as parse_jsonpath
+
+from .auth import SIGNERS
+from .errors import ConfigError, Problem
+from .khoros import BESTMATCH_FIELDS, CASE_WRITE_EXTRA, OPERATIONS, Operation
+from .model import Field, ObjectModel
+from .pipeline import (Branch, ErrorRule, Extraction, FailStep, FirstStep, ForEachStep, Pagination,
+                       RequestSpec, RequestStep, SetStep, Step, Where)
+from .source import SourceDocument, dotted, load_source
+from .templating import (ENV, GLOBAL_NAMES, PATH_ENV, Compiled, Expression, Literal, TemplateCompileError, Text,
+                         compile_value, iter_templates)
+
+SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "schemas", "mapping.schema.json")
+with open(SCHEMA_PATH, encoding="utf-8") as _handle:
+    MAPPING_SCHEMA = json.load(_handle)
+_VALIDATOR = jsonschema.Draft202012Validator(MAPPING_SCHEMA)
+
+# Names every request-time template may read.
+BASE_NAMES = frozenset({"body", "id", "khoros", "settings", "secrets", "auth", "now", "trace_id"}) | GLOBAL_NAMES
+ANSWER_NAMES = frozenset({"response", "status", "headers"})
+STEP_KINDS = ("request", "set", "for_each", "first", "fail")
+STEP_MODIFIERS = {"accept": "request", "errors": "request", "extract": "request", "paginate": "request",
+                  "as": "for_each", "steps": "for_each", "collect": "for_each", "until": "first"}
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_MAX_BYTES = 5 * 1024 * 1024
+
+
+@dataclass
+class Setting:
+    name: str
+    env: str | None
+    default: Any
+    has_default: bool
+
+
+@dataclass
+class LiveModel:
+    steps: list[Step]
+    fields: Compiled
+    cache_seconds: float
+    where: Where
+
+
+@dataclass
+class CompiledOperation:
+    op: Operation
+    steps: list[Step]
+    result: Compiled | None
+    unsupported: str | None
+    where: Where
+
+
+@dataclass
+class CompiledMapping:
+    """A mapping that passed every check, with templates and JSONPaths compiled."""
+
+    file: str
+    name: str
+    settings: list[Setting]
+    secrets: list[Setting]
+    base_url: Compiled
+    headers: dict[str, str]
+    auth_kind: str
+    auth_values: dict[str, Compiled]
+    auth_paths: dict[str, Any]
+    timeout: float
+    max_response_bytes: int
+    retry_429: int
+    errors: list[ErrorRule]
+    models: dict[str, ObjectModel]
+    live_models: dict[str, LiveModel]
+    shapes: dict[str, Compiled]
+    shape_where: dict[str, Where]
+    operations: dict[str, CompiledOperation] = field(default_factory=dict)
+
+
+def suggest(name: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class Compiler:
+    """Compiles one source document; collects problems instead of stopping at the first."""
+
+    def __init__(self, doc: SourceDocument) -> None:
+        self.doc = doc
+        self.problems: list[Problem] = []
+        self.setting_names: set[str] = set()
+        self.secret_names: set[str] = set()
+        self.auth_extra_names: set[str] = set()
+
+    # -- helpers ---------------------------------------------------------
+
+    def problem(self, path: tuple[Any, ...], message: str) -> None:
+        self.problems.append(self.doc.problem(path, message))
+
+    def where(self, path: tuple[Any, ...]) -> Where:
+        return Where(self.doc.file, self.doc.line_of(path), dotted(path))
+
+    def value(self, raw: Any, path: tuple[Any, ...], scope: set[str] | frozenset[str],
+              body_fields: set[str] | None = None, path_env: bool = False) -> Compiled:
+        """Compile a value tree and check every name it reads."""
+        try:
+            compiled = compile_value(raw, f"{self.doc.file}:{self.doc.line_of(path)} {dotted(path)}",
+                                     env=PATH_ENV if path_env else ENV)
+        except TemplateCompileError as exc:
+            self.problem(path + exc.path, exc.message)
+            return Literal(None)
+        self._check_names(compiled, path, set(scope), body_fields)
+        return compiled
+
+    def template(self, raw: Any, path: tuple[Any, ...], scope: set[str] | frozenset[str],
+                 body_fields: set[str] | None = None) -> Compiled:
+        """A condition or expression: must be a '{{ ... }}' template."""
+        if not isinstance(raw, str) or "{{" not in raw:
+            self.problem(path, "must be a template such as \"{{ body.email is defined }}\"")
+            return Literal(None)
+        return self.value(raw, path, scope, body_fields)
+
+    def _check_names(self, compiled: Compiled, path: tuple[Any, ...], scope: set[str],
+                     body_fields: set[str] | None) -> None:
+        from .templating import MapValue
+        if isinstance(compiled, MapValue):
+            self._check_names(compiled.over, path + ("$map",), scope, body_fields)
+            inner = scope | {compiled.item_name, "index"}
+            self._check_names(compiled.to, path + ("$to",), inner, body_fields)
+            if compiled.where_clause is not None:
+                self._check_names(compiled.where_clause, path + ("$where",), inner, body_fields)
+            return
+        from .templating import DictValue, ListValue
+        if isinstance(compiled, DictValue):
+            for key, value in compiled.items.items():
+                self._check_names(value, path + (key,), scope, body_fields)
+            return
+        if isinstance(compiled, ListValue):
+            for index, value in enumerate(compiled.items):
+                self._check_names(value, path + (index,), scope, body_fields)
+            return
+        for leaf in iter_templates(compiled):
+            assert isinstance(leaf, (Expression, Text))
+            for name in sorted(leaf.names() - scope):
+                self.problem(path, f"unknown value '{name}'{suggest(name, scope - GLOBAL_NAMES)}")
+            for node in leaf.ast.find_all(nodes.Getattr):
+                if node.attr.startswith("_"):
+                    self.problem(path, f"access to attribute '{node.attr}' is not allowed in templates")
+                elif isinstance(node.node, nodes.Name):
+                    self._check_attribute(node.node.name, node.attr, path, body_fields, scope)
+            for node in leaf.ast.find_all(nodes.Filter):
+                if node.name not in ENV.filters:
+                    self.problem(path, f"unknown filter '{node.name}'{suggest(node.name, ENV.filters)}")
+            for node in leaf.ast.find_all(nodes.Test):
+                if node.name not in ENV.tests:
+                    self.problem(path, f"unknown test '{node.name}'{suggest(node.name, ENV.tests)}")
+            for node in leaf.ast.find_all(nodes.Getitem):
+                if isinstance(node.arg, nodes.Const) and str(node.arg.value).startswith("_"):
+                    self.problem(path, f"access to item '{node.arg.value}' is not allowed in templates")
+
+    def _check_attribute(self, owner: str, attr: str, path: tuple[Any, ...], body_fields: set[str] | None,
+                         scope: set[str]) -> None:
+        known: dict[str, set[str] | None] = {
+            "settings": self.setting_names, "secrets": self.secret_names,
+            "khoros": {"user_email", "initiative", "company_id"}, "auth": self.auth_extra_names,
+            "body": body_fields,
+        }
+        names = known.get(owner)
+        if names is None or attr in names:
+            return
+        if owner == "body" and attr in {"get", "items", "keys", "values"}:
+            return
+        self.problem(path, f"'{owner}' has no '{attr}'{suggest(attr, names)}")
+
+    def define(self, name: str, path: tuple[Any, ...], scope: set[str]) -> None:
+        """A step names a value; it may not hide a name every template relies on."""
+        if name in BASE_NAMES or name in ANSWER_NAMES or name in {"record", "page", "index"}:
+            self.problem(path, f"'{name}' is a reserved name; choose another")
+        scope.add(name)
+
+    def jsonpath(self, text: Any, path: tuple[Any, ...]) -> JSONPath | None:
+        try:
+            return parse_jsonpath(text)
+        except (JsonPathLexerError, JsonPathParserError, Exception) as exc:  # the parser raises bare Exceptions
+            self.problem(path, f"JSONPath does not parse: {str(exc).splitlines()[0]}")
+            return None
+
+    # -- schema ----------------------------------------------------------
+
+    def check_schema(self) -> bool:
+        errors = sorted(_VALIDATOR.iter_errors(self.doc.data), key=lambda e: list(map(str, e.absolute_path)))
+        for error in errors:
+            self._schema_problem(error)
+        return not errors
+
+    def _schema_problem(self, error: jsonschema.ValidationError) -> None:
+        path = tuple(error.absolute_path)
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            allowed = set(error.schema.get("properties", {}))
+            for key in sorted(set(error.instance) - allowed):
+                self.problem(path + (key,), f"unknown key '{key}'{suggest(key, allowed)}")
+            return
+        if error.validator == "required":
+            self.problem(path, error.message.replace("is a required property", "is required here"))
+            return
+        if error.validator == "oneOf" and error.context:
+            # Report the alternative that came closest (the deepest error).
+            best = max(error.context, key=lambda e: len(e.absolute_path))
+            if best.validator in ("additionalProperties", "required") or len(best.absolute_path):
+                self._schema_problem(best)
+                return
+        if error.validator == "propertyNames":
+            self.problem(path, f"'{error.instance}' is not a valid name: use letters, digits and '_'")
+            return
+        if error.validator == "enum":
+            self.problem(path, f"must be one of: {', '.join(map(str, error.validator_value))}")
+            return
+        message = error.message
+        if len(message) > 200:
+            message = message[:200] + "..."
+        self.problem(path, message)
+
+    # -- the mapping -----------------------------------------------------
+
+    def compile(self) -> CompiledMapping | None:
+        if not self.check_schema():
+            return None
+        data = self.doc.data
+        settings = [self._setting(name, spec) for name, spec in data.get("settings", {}).items()]
+        secrets = [Setting(name, spec["env"], None, False) for name, spec in data.get("secrets", {}).items()]
+        self.setting_names = {s.name for s in settings}
+        self.secret_names = {s.name for s in secrets}
+        connection = data["connection"]
+        auth = connection.get("auth", {"type": "none"})
+        self.auth_extra_names = set(auth.get("extra", {}))
+        static_scope = frozenset({"settings", "secrets"}) | GLOBAL_NAMES
+        auth_values, auth_paths = self._auth(auth, static_scope)
+        base_url = self.value(connection["base_url"], ("connection", "base_url"),
+                              static_scope | {"auth"})
+        models = {kind: self._model(kind, data["model"][kind]) for kind in ("customer", "case")}
+        shape_scope = BASE_NAMES | {"record"}
+        shapes = {kind: self.value(data["shapes"][kind], ("shapes", kind), shape_scope) for kind in ("customer", "case")}
+        mapping_errors = [self._error_rule(rule, ("errors", i), BASE_NAMES | ANSWER_NAMES)
+                          for i, rule in enumerate(data.get("errors", []))]
+        live_models = {}
+        for kind in ("customer", "case"):
+            live = data["model"][kind].get("live")
+            if live:
+                path = ("model", kind, "live")
+                scope = set(BASE_NAMES)
+                steps = self._steps(live["steps"], path + ("steps",), scope, None)
+                live_models[kind] = LiveModel(steps, self.value(live["fields"], path + ("fields",), scope),
+                                              float(live.get("cache_seconds", 300)), self.where(path))
+        compiled = CompiledMapping(
+            file=self.doc.file, name=data["name"], settings=settings, secrets=secrets, base_url=base_url,
+            headers={str(k): str(v) for k, v in connection.get("headers", {}).items()},
+            auth_kind=auth["type"], auth_values=auth_values, auth_paths=auth_paths,
+            timeout=float(connection.get("timeout", DEFAULT_TIMEOUT)),
+            max_response_bytes=int(connection.get("max_response_bytes", DEFAULT_MAX_BYTES)),
+            retry_429=int(connection.get("retry_429", 2)),
+            errors=mapping_errors, models=models, live_models=live_models, shapes=shapes,
+            shape_where={k: self.where(("shapes", k)) for k in shapes},
+        )
+        for op in OPERATIONS:
+            compiled.operations[op.name] = self._operation(op, data["operations"][op.name], models)
+        return None if self.problems else compiled
+
+    def _setting(self, name: str, spec: Any) -> Setting:
+        if isinstance(spec, dict):
+            return Setting(name, spec["env"], spec.get("default"), "default" in spec)
+        return Setting(name, None, spec, True)
+
+    def _auth(self, auth: dict[str, Any], scope: frozenset[str]) -> tuple[dict[str, Compiled], dict[str, Any]]:
+        kind = auth["type"]
+        _, required = SIGNERS[kind]
+        for key in required:
+            if key not in auth:
+                self.problem(("connection", "auth"), f"auth type '{kind}' needs '{key}'")
+        values = {}
+        for key in ("token", "username", "password", "name", "value", "token_url", "grant", "client_id",
+                    "client_secret", "refresh_token", "scope"):
+            if key in auth:
+                values[key] = self.value(auth[key], ("connection", "auth", key), scope)
+        paths: dict[str, Any] = {}
+        if kind == "oauth2":
+            paths["token_path"] = self.jsonpath(auth.get("token_path", "$.access_token"),
+                                                ("connection", "auth", "token_path"))
+            paths["expires_path"] = (self.jsonpath(auth["expires_path"], ("connection", "auth", "expires_path"))
+                                     if "expires_path" in auth else None)
+            paths["extra"] = {name: self.jsonpath(text, ("connection", "auth", "extra", name))
+                              for name, text in auth.get("extra", {}).items()}
+            paths["refresh_when"] = (self.template(auth["refresh_when"], ("connection", "auth", "refresh_when"),
+                                                   ANSWER_NAMES | GLOBAL_NAMES)
+                                     if "refresh_when" in auth else None)
+        return values, paths
+
+    def _model(self, kind: str, spec: dict[str, Any]) -> ObjectModel:
+        fields = []
+        seen: set[str] = set()
+        for i, raw in enumerate(spec["fields"]):
+            path = ("model", kind, "fields", i)
+            if raw["name"] in seen:
+                self.problem(path + ("name",), f"field '{raw['name']}' is declared twice")
+            seen.add(raw["name"])
+            if raw["type"] == "single_sel_list" and not raw.get("listValues"):
+                self.problem(path, "a single_sel_list field needs listValues")
+            if raw["type"] != "single_sel_list" and raw.get("listValues"):
+                self.problem(path + ("listValues",), "listValues are only allowed on single_sel_list fields")
+            if kind == "case" and raw.get("searchable"):
+                self.problem(path + ("searchable",), "case fields are never searched by Khoros")
+            if kind == "case" and raw["name"] in CASE_WRITE_EXTRA:
+                self.problem(path + ("name",), f"'{raw['name']}' is part of every case write; do not declare it")
+            pattern = None
+            if "pattern" in raw:
+                try:
+                    pattern = re.compile(raw["pattern"])
+                except re.error as exc:
+                    self.problem(path + ("pattern",), f"not a valid regular expression: {exc}")
+            fields.append(Field(
+                name=raw["name"], label=raw["label"], type=raw["type"],
+                searchable=bool(raw.get("searchable", False)), required=bool(raw.get("required", False)),
+                readonly=bool(raw.get("readonly", False)),
+                list_values=tuple((v["name"], v["value"]) for v in raw.get("listValues", [])),
+                max_length=raw.get("maxLength"), pattern=pattern, format=raw.get("format")))
+        return ObjectModel(kind, fields)
+
+    def _operation(self, op: Operation, spec: dict[str, Any], models: dict[str, ObjectModel]) -> CompiledOperation:
+        path = ("operations", op.name)
+        if "unsupported" in spec:
+            return CompiledOperation(op, [], None, spec["unsupported"], self.where(path))
+        body_fields = self._body_fields(op, models)
+        scope = set(BASE_NAMES)
+        if not op.has_id:
+            scope.discard("id")
+        steps = self._steps(spec.get("steps", []), path + ("steps",), scope, body_fields)
+        result = self.template(spec["result"], path + ("result",), scope, body_fields)
+        return CompiledOperation(op, steps, result, None, self.where(path))
+
+    def _body_fields(self, op: Operation, models: dict[str, ObjectModel]) -> set[str]:
+        if op.input == "none":
+            return set()
+        if op.input == "bestmatch":
+            return set(BESTMATCH_FIELDS)
+        model = models[op.object_kind]
+        names = set(model.by_name)
+        if op.object_kind == "case" and op.input != "search":
+            names |= set(CASE_WRITE_EXTRA)
+        return names
+
+    # -- steps -----------------------------------------------------------
+
+    def _steps(self, raw_steps: list[dict[str, Any]], path: tuple[Any, ...], scope: set[str],
+               body_fields: set[str] | None) -> list[Step]:
+        steps = []
+        for i, raw in enumerate(raw_steps):
+            step = self._step(raw, path + (i,), scope, body_fields)
+            if step is not None:
+                steps.append(step)
+        return steps
+
+    def _step(self, raw: dict[str, Any], path: tuple[Any, ...], scope: set[str],
+              body_fields: set[str] | None) -> Step | None:
+        kinds = [k for k in STEP_KINDS if k in raw]
+        if len(kinds) != 1:
+            self.problem(path, "a step needs exactly one of: " + ", ".join(STEP_KINDS) +
+                         (f" (this one has {', '.join(kinds)})" if kinds else ""))
+            return None
+        kind = kinds[0]
+        for key, owner in STEP_MODIFIERS.items():
+            if key in raw and owner != kind:
+                self.problem(path + (key,), f"'{key}' belongs to a '{owner}' step, not a '{kind}' step")
+        name = raw.get("name") or f"{kind}#{path[-1]}"
+        when = self.template(raw["when"], path + ("when",), scope, body_fields) if "when" in raw else None
+        where = self.where(path)
+        if kind == "request":
+            return self._request_step(raw, path, scope, body_fields, name, when, where)
+        if kind == "set":
+            values = {}
+            for key, value in raw["set"].items():
+                values[key] = self.value(value, path + ("set", key), scope, body_fields)
+                self.define(key, path + ("set", key), scope)
+            return SetStep(name, where, when, values)
+        if kind == "for_each":
+            over = self.template(raw["for_each"], path + ("for_each",), scope, body_fields)
+            item = raw.get("as", "item")
+            inner = scope | {item, "index"}
+            sub = self._steps(raw.get("steps", []), path + ("steps",), inner, body_fields)
+            collect = {k: self.value(v, path + ("collect", k), inner, body_fields)
+                       for k, v in raw.get("collect", {}).items()}
+            for key in collect:
+                self.define(key, path + ("collect", key), scope)
+            return ForEachStep(name, where, when, over=over, item_name=item, steps=sub, collect=collect)
+        if kind == "first":
+            branches = []
+            for b, branch in enumerate(raw["first"]):
+                bpath = path + ("first", b)
+                bwhen = self.template(branch["when"], bpath + ("when",), scope, body_fields) \
+                    if "when" in branch else None
+                sub = self._steps(branch["steps"], bpath + ("steps",), scope, body_fields)
+                branches.append(Branch(branch.get("name", f"strategy {b + 1}"), bwhen, sub))
+            until = self.template(raw["until"], path + ("until",), scope, body_fields) if "until" in raw else None
+            return FirstStep(name, where, when, branches=branches, until=until)
+        fail = raw["fail"]
+        message = self.value(fail["message"], path + ("fail", "message"), scope, body_fields)
+        fields = self.value(fail["fields"], path + ("fail", "fields"), scope, body_fields) if "fields" in fail else None
+        return FailStep(name, where, when, code=fail["error"], message=message, fields=fields)
+
+    def _request_step(self, raw: dict[str, Any], path: tuple[Any, ...], scope: set[str],
+                      body_fields: set[str] | None, name: str, when: Compiled | None, where: Where) -> Step:
+        req = raw["request"]
+        rpath = path + ("request",)
+        paginate = raw.get("paginate")
+        req_scope = scope | ({"page"} if paginate else set())
+        spec = RequestSpec(
+            method=req["method"],
+            path=self.value(req["path"], rpath + ("path",), req_scope, body_fields, path_env=True),
+            query=self.value(req["query"], rpath + ("query",), req_scope, body_fields) if "query" in req else None,
+            headers=self.value(req["headers"], rpath + ("headers",), req_scope, body_fields)
+            if "headers" in req else None,
+            body=self.value(req["body"], rpath + ("body",), req_scope, body_fields) if "body" in req else None,
+            form=self.value(req["form"], rpath + ("form",), req_scope, body_fields) if "form" in req else None,
+        )
+        if "body" in req and "form" in req:
+            self.problem(rpath, "give either 'body' (JSON) or 'form', not both")
+        answer_scope = scope | ANSWER_NAMES
+        pagination = None
+        if paginate:
+            ppath = path + ("paginate",)
+            page_scope = answer_scope | {"page", paginate["into"]}
+            items = self.jsonpath(paginate["items"], ppath + ("items",))
+            pagination = Pagination(
+                items=items,  # type: ignore[arg-type]
+                into=paginate["into"],
+                keep_going=self.template(paginate["while"], ppath + ("while",), page_scope, body_fields),
+                cursor=self.template(paginate["cursor"], ppath + ("cursor",), page_scope, body_fields)
+                if "cursor" in paginate else None,
+                max_pages=int(paginate.get("max_pages", 10)))
+            self.define(paginate["into"], ppath + ("into",), scope)
+            answer_scope = answer_scope | {paginate["into"]}
+        errors = [self._error_rule(rule, path + ("errors", i), answer_scope, body_fields)
+                  for i, rule in enumerate(raw.get("errors", []))]
+        extractions = []
+        for key, spec_raw in raw.get("extract", {}).items():
+            extractions.append(self._extraction(key, spec_raw, path + ("extract", key), answer_scope, body_fields))
+        for extraction in extractions:
+            self.define(extraction.name, path + ("extract", extraction.name), scope)
+        return RequestStep(name, where, when, request=spec, accept=frozenset(raw.get("accept", [])),
+                           errors=errors, extract=extractions, paginate=pagination)
+
+    def _extraction(self, name: str, raw: Any, path: tuple[Any, ...], scope: set[str] | frozenset[str],
+                    body_fields: set[str] | None) -> Extraction:
+        where = self.where(path)
+        if isinstance(raw, str) and raw.startswith("$"):
+            return Extraction(name, where, path=self.jsonpath(raw, path), path_text=raw)
+        if isinstance(raw, str):
+            return Extraction(name, where, expression=self.template(raw, path, scope, body_fields))
+        return Extraction(name, where, path=self.jsonpath(raw["path"], path + ("path",)), path_text=raw["path"],
+                          many=bool(raw.get("many", False)), has_default="default" in raw,
+                          default=raw.get("default"))
+
+    def _error_rule(self, raw: dict[str, Any], path: tuple[Any, ...], scope: set[str] | frozenset[str],
+                    body_fields: set[str] | None = None) -> ErrorRule:
+        statuses: set[int] = set()
+        classes: set[int] = set()
+        status = raw.get("status")
+        for item in status if isinstance(status, list) else ([status] if status is not None else []):
+            if isinstance(item, int):
+                statuses.add(item)
+            else:
+                classes.add(int(item[0]))
+        if "fields" in raw and raw["error"] != "validation_failed":
+            self.problem(path + ("fields",), "'fields' only goes with error: validation_failed")
+        return ErrorRule(
+            where=self.where(path), code=raw["error"],
+            message=self.value(raw["message"], path + ("message",), scope, body_fields),
+            statuses=frozenset(statuses), status_classes=frozenset(classes),
+            condition=self.template(raw["when"], path + ("when",), scope, body_fields) if "when" in raw else None,
+            fields=self.value(raw["fields"], path + ("fields",), scope, body_fields) if "fields" in raw else None,
+            rename=dict(raw.get("rename", {})))
+
+
+def compile_document(doc: SourceDocument) -> CompiledMapping:
+    """Compile a loaded document or raise :class:`ConfigError` listing every problem."""
+    compiler = Compiler(doc)
+    compiled = compiler.compile()
+    if compiler.problems or compiled is None:
+        raise ConfigError(sorted(compiler.problems, key=lambda p: (p.line, p.key)))
+    return compiled
+
+
+def compile_file(path: str) -> CompiledMapping:
+    """Load, check and compile one mapping file."""
+    return compile_document(load_source(path))

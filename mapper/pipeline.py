@@ -1,0 +1,325 @@
+"""The compiled steps of an operation, and how each one runs.
+
+A mapping describes each Khoros operation as a list of steps. The compiler
+(:mod:`mapper.compiler`) turns YAML into the dataclasses here once, at
+start-up; at request time a :class:`Run` walks them with a context dict of
+named values. Step kinds:
+
+* ``request``   one HTTP call (optionally following pages), then ``extract``
+* ``set``       name values computed from earlier ones
+* ``for_each``  run sub-steps per item of a list, ``collect`` per-item values
+* ``first``     try strategies in order until ``until`` holds (fallback chain)
+* ``fail``      stop with a Khoros error
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urljoin
+
+from jsonpath_ng import JSONPath
+
+from .budget import Deadline
+from .errors import FieldError, KhorosError, MappingRuntimeError, UpstreamError, error_for_code
+from .templating import OMIT, Compiled
+from .upstream import Client, Inbound, Outbound
+
+log = logging.getLogger("mapper.pipeline")
+
+
+@dataclass
+class Where:
+    """Where in the mapping a compiled piece came from, for runtime messages."""
+
+    file: str
+    line: int
+    key: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line} {self.key}"
+
+
+@dataclass
+class Extraction:
+    name: str
+    where: Where
+    path: JSONPath | None = None
+    path_text: str = ""
+    many: bool = False
+    has_default: bool = False
+    default: Any = None
+    expression: Compiled | None = None
+
+    def extract(self, scope: dict[str, Any]) -> Any:
+        if self.expression is not None:
+            return self.expression.evaluate(scope)
+        assert self.path is not None
+        matches = [m.value for m in self.path.find(scope["response"])]
+        if self.many:
+            return matches
+        if matches:
+            return matches[0]
+        if self.has_default:
+            return self.default
+        raise UpstreamError(
+            f"The CRM's answer had nothing at {self.path_text} for '{self.name}' ({self.where}). "
+            "The CRM may have changed its API, or the mapping's path is wrong.")
+
+
+@dataclass
+class ErrorRule:
+    """Turns an upstream answer into a Khoros error."""
+
+    where: Where
+    code: str
+    message: Compiled
+    statuses: frozenset[int] = frozenset()
+    status_classes: frozenset[int] = frozenset()
+    condition: Compiled | None = None
+    fields: Compiled | None = None
+    rename: dict[str, str] = field(default_factory=dict)
+
+    def matches(self, answer: Inbound, scope: dict[str, Any]) -> bool:
+        if self.statuses or self.status_classes:
+            if answer.status not in self.statuses and answer.status // 100 not in self.status_classes:
+                return False
+        elif answer.ok:
+            return False
+        return self.condition is None or bool(self.condition.evaluate(scope))
+
+    def to_error(self, scope: dict[str, Any], internal: str) -> KhorosError:
+        message = str(self.message.evaluate(scope)).strip()
+        fields = self._fields(scope) if self.fields is not None else []
+        if fields and self.code == "validation_failed":
+            details = "; ".join(f"{f.name}: {f.error_message}" for f in fields)
+            message = f"{message.rstrip('.')}: {details}."
+        return error_for_code(self.code, message, fields, internal=internal)
+
+    def _fields(self, scope: dict[str, Any]) -> list[FieldError]:
+        assert self.fields is not None
+        raw = self.fields.evaluate(scope)
+        items: list[tuple[Any, Any]] = []
+        if isinstance(raw, dict):
+            items = list(raw.items())
+        elif isinstance(raw, list):
+            for entry in raw:
+                if isinstance(entry, dict):
+                    items.append((entry.get("name"), entry.get("errorMessage", entry.get("message"))))
+        out = []
+        for name, message in items:
+            if isinstance(message, list):
+                message = " ".join(m if isinstance(m, str) else str(m.get("description", m)) if isinstance(m, dict)
+                                   else str(m) for m in message)
+            name = self.rename.get(str(name), str(name))
+            out.append(FieldError(name, str(message or "is not valid").strip()))
+        return out
+
+
+@dataclass
+class RequestSpec:
+    method: str
+    path: Compiled
+    query: Compiled | None = None
+    headers: Compiled | None = None
+    body: Compiled | None = None
+    form: Compiled | None = None
+
+
+@dataclass
+class Pagination:
+    items: JSONPath
+    into: str
+    keep_going: Compiled
+    cursor: Compiled | None
+    max_pages: int
+
+
+@dataclass
+class Step:
+    name: str
+    where: Where
+    when: Compiled | None
+
+    def run(self, run: "Run", scope: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class RequestStep(Step):
+    request: RequestSpec = field(default=None)  # type: ignore[assignment]
+    accept: frozenset[int] = frozenset()
+    errors: list[ErrorRule] = field(default_factory=list)
+    extract: list[Extraction] = field(default_factory=list)
+    paginate: Pagination | None = None
+
+    def run(self, run: "Run", scope: dict[str, Any]) -> None:
+        if self.paginate is None:
+            answer = self._call(run, scope)
+        else:
+            answer = self._follow_pages(run, scope)
+        answer_scope = {**scope, "response": answer.body, "status": answer.status, "headers": answer.headers}
+        for extraction in self.extract:
+            scope[extraction.name] = extraction.extract(answer_scope)
+
+    def _call(self, run: "Run", scope: dict[str, Any]) -> Inbound:
+        outbound = self._render(run, scope)
+        answer = run.client.send(outbound, run.deadline)
+        run.calls += 1
+        log.info("trace=%s step=%s %s -> %s %.0fms", run.trace_id, self.name, outbound.describe(),
+                 answer.status, answer.seconds * 1000)
+        self._check(run, scope, answer, outbound)
+        return answer
+
+    def _follow_pages(self, run: "Run", scope: dict[str, Any]) -> Inbound:
+        assert self.paginate is not None
+        pages = self.paginate
+        collected: list[Any] = []
+        page = {"number": 0, "cursor": None}
+        while True:
+            answer = self._call(run, {**scope, "page": page})
+            collected.extend(m.value for m in pages.items.find(answer.body))
+            page_scope = {**scope, "page": page, "response": answer.body, "status": answer.status,
+                          "headers": answer.headers, pages.into: collected}
+            if page["number"] + 1 >= pages.max_pages:
+                if pages.keep_going.evaluate(page_scope):
+                    log.warning("trace=%s step=%s stopped after max_pages=%d; more pages exist",
+                                run.trace_id, self.name, pages.max_pages)
+                break
+            if not pages.keep_going.evaluate(page_scope):
+                break
+            cursor = pages.cursor.evaluate(page_scope) if pages.cursor is not None else None
+            page = {"number": page["number"] + 1, "cursor": cursor}
+        scope[pages.into] = collected
+        return answer
+
+    def _render(self, run: "Run", scope: dict[str, Any]) -> Outbound:
+        spec = self.request
+        path = str(spec.path.evaluate(scope))
+        url = path if path.startswith(("http://", "https://")) else urljoin(run.base_url + "/", path.lstrip("/"))
+        outbound = Outbound(spec.method, url, headers=dict(run.default_headers))
+        if spec.headers is not None:
+            outbound.headers.update({k: str(v) for k, v in spec.headers.evaluate(scope).items()})
+        if spec.query is not None:
+            for key, value in spec.query.evaluate(scope).items():
+                for item in value if isinstance(value, list) else [value]:
+                    if item is None or item is OMIT:
+                        continue
+                    outbound.params.append((key, _query_text(item)))
+        if spec.body is not None:
+            outbound.json_body = spec.body.evaluate(scope)
+            outbound.has_json_body = True
+        elif spec.form is not None:
+            outbound.form = {k: v for k, v in spec.form.evaluate(scope).items() if v is not None}
+        return outbound
+
+    def _check(self, run: "Run", scope: dict[str, Any], answer: Inbound, outbound: Outbound) -> None:
+        answer_scope = {**scope, "response": answer.body, "status": answer.status, "headers": answer.headers}
+        internal = f"{outbound.describe()} -> {answer.status}: {answer.text[:300]}"
+        for rule in self.errors:
+            if rule.matches(answer, answer_scope):
+                raise rule.to_error(answer_scope, internal=internal)
+        if answer.ok or answer.status in self.accept:
+            return
+        for rule in run.mapping_errors:
+            if rule.matches(answer, answer_scope):
+                raise rule.to_error(answer_scope, internal=internal)
+        if answer.status in (401, 403):
+            message = (f"The CRM refused our credentials (HTTP {answer.status}) for {outbound.describe()}. "
+                       "Check the secrets this mapping reads from the environment.")
+        else:
+            message = (f"The CRM answered HTTP {answer.status} to {outbound.describe()} "
+                       f"(step '{self.name}'), which the mapping does not handle.")
+        raise UpstreamError(message, code="crm_error", internal=internal)
+
+
+def _query_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+@dataclass
+class SetStep(Step):
+    values: dict[str, Compiled] = field(default_factory=dict)
+
+    def run(self, run: "Run", scope: dict[str, Any]) -> None:
+        for name, value in self.values.items():
+            scope[name] = value.evaluate(scope)
+
+
+@dataclass
+class ForEachStep(Step):
+    over: Compiled = field(default=None)  # type: ignore[assignment]
+    item_name: str = "item"
+    steps: list[Step] = field(default_factory=list)
+    collect: dict[str, Compiled] = field(default_factory=dict)
+
+    def run(self, run: "Run", scope: dict[str, Any]) -> None:
+        items = self.over.evaluate(scope)
+        if items is None:
+            items = []
+        if not isinstance(items, list):
+            raise MappingRuntimeError(f"for_each at {self.where} needs a list, got {type(items).__name__}.")
+        collected: dict[str, list[Any]] = {name: [] for name in self.collect}
+        for index, item in enumerate(items):
+            inner = {**scope, self.item_name: item, "index": index}
+            run.run_steps(self.steps, inner)
+            for name, value in self.collect.items():
+                evaluated = value.evaluate(inner)
+                if evaluated is not OMIT:
+                    collected[name].append(evaluated)
+        scope.update(collected)
+
+
+@dataclass
+class Branch:
+    name: str
+    when: Compiled | None
+    steps: list[Step]
+
+
+@dataclass
+class FirstStep(Step):
+    branches: list[Branch] = field(default_factory=list)
+    until: Compiled | None = None
+
+    def run(self, run: "Run", scope: dict[str, Any]) -> None:
+        for branch in self.branches:
+            if branch.when is not None and not branch.when.evaluate(scope):
+                continue
+            run.run_steps(branch.steps, scope)
+            if self.until is None or self.until.evaluate(scope):
+                log.info("trace=%s step=%s settled on strategy '%s'", run.trace_id, self.name, branch.name)
+                return
+
+
+@dataclass
+class FailStep(Step):
+    code: str = "crm_error"
+    message: Compiled = field(default=None)  # type: ignore[assignment]
+    fields: Compiled | None = None
+
+    def run(self, run: "Run", scope: dict[str, Any]) -> None:
+        rule = ErrorRule(self.where, self.code, self.message, fields=self.fields)
+        raise rule.to_error(scope, internal=f"fail step {self.name}")
+
+
+@dataclass
+class Run:
+    """One execution of one operation: the budget, the client and the trace id."""
+
+    client: Client
+    deadline: Deadline
+    trace_id: str
+    base_url: str
+    default_headers: dict[str, str]
+    mapping_errors: list[ErrorRule]
+    calls: int = 0
+
+    def run_steps(self, steps: list[Step], scope: dict[str, Any]) -> None:
+        for step in steps:
+            if step.when is not None and not step.when.evaluate(scope):
+                continue
+            step.run(self, scope)

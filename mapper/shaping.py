@@ -1,0 +1,85 @@
+"""Turn CRM records into the Khoros objects the contract promises.
+
+The mapping's ``shapes`` say how one CRM record becomes a Khoros customer or
+case. This module runs that shape and then holds the result to the contract,
+so a mapping mistake shows up as a clear 500 naming the mapping line instead
+of an answer Khoros silently misreads: ids are non-empty strings, ``url``
+mirrors ``uri``/``linkUrl``, dates are ISO-8601, case status is open or
+closed, and fields with no value are left out ("every populated field").
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .errors import MappingRuntimeError
+from .khoros import CASE_STATUSES
+from .pipeline import Where
+from .templating import Compiled
+
+_ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})$")
+
+# Per object kind: the key that must be a link, and keys that must be present.
+LINK_KEY = {"customer": "uri", "case": "linkUrl"}
+REQUIRED = {"customer": ("id", "uri"), "case": ("id", "linkUrl", "created", "status")}
+DATE_KEYS = ("created", "lastUpdated")
+INTERACTION_REQUIRED = ("created", "body", "linkUrl", "serviceId", "service", "contentType")
+
+
+def _populated(value: Any) -> bool:
+    return value is not None and value != "" and value != [] and value != {}
+
+
+class Shaper:
+    """Applies the mapping's shape for one object kind and checks the result."""
+
+    def __init__(self, kind: str, shape: Compiled, where: Where) -> None:
+        self.kind = kind
+        self.shape = shape
+        self.where = where
+
+    def one(self, record: Any, scope: dict[str, Any]) -> dict[str, Any]:
+        raw = self.shape.evaluate({**scope, "record": record})
+        if not isinstance(raw, dict):
+            raise self._fail(f"gave {type(raw).__name__}, not an object")
+        obj = {key: value for key, value in raw.items() if _populated(value) or key == "interactions"}
+        for key in REQUIRED[self.kind]:
+            if not _populated(obj.get(key)):
+                raise self._fail(f"gave no '{key}' for a record from the CRM")
+        if not isinstance(obj["id"], str):
+            raise self._fail(f"gave an 'id' of type {type(obj['id']).__name__}; Khoros ids are strings "
+                             "(add '| string')")
+        obj["url"] = obj[LINK_KEY[self.kind]]
+        for key in DATE_KEYS:
+            if key in obj and not (isinstance(obj[key], str) and _ISO.match(obj[key])):
+                raise self._fail(f"gave '{key}' that is not an ISO-8601 date (use '| isodate')")
+        if self.kind == "case":
+            self._check_case(obj)
+        return obj
+
+    def many(self, records: Any, scope: dict[str, Any]) -> list[dict[str, Any]]:
+        if records is None:
+            return []
+        if not isinstance(records, list):
+            raise self._fail(f"expected a list of records but the result is {type(records).__name__}")
+        return [self.one(record, scope) for record in records]
+
+    def _check_case(self, obj: dict[str, Any]) -> None:
+        if obj["status"] not in CASE_STATUSES:
+            raise self._fail("gave a status other than 'open' or 'closed'")
+        if "customerId" in obj and not isinstance(obj["customerId"], str):
+            obj["customerId"] = str(obj["customerId"])
+        interactions = obj.get("interactions")
+        if interactions is None:
+            obj.pop("interactions", None)
+            return
+        if not isinstance(interactions, list):
+            raise self._fail("gave 'interactions' that is not a list")
+        for item in interactions:
+            missing = [k for k in INTERACTION_REQUIRED if not isinstance(item, dict) or k not in item]
+            if missing:
+                raise self._fail(f"gave an interaction without {', '.join(missing)}")
+
+    def _fail(self, what: str) -> MappingRuntimeError:
+        return MappingRuntimeError(f"The mapping's {self.kind} shape ({self.where}) {what}.")

@@ -1,0 +1,409 @@
+"""Compile and evaluate the templated values of a mapping.
+
+A *value tree* is any YAML value in a mapping that builds data at request
+time: a request body, a query, a shape, an extraction. Its leaves are
+templates and its structure is kept, so types survive:
+
+* a string that is exactly one ``{{ expression }}`` evaluates to the
+  expression's own value (a list stays a list, the string ``"478"`` stays a
+  string, ``none`` stays null);
+* any other string containing ``{{`` or ``{%`` renders as text;
+* numbers, booleans, null and plain strings are literals;
+* a dict or list is evaluated item by item; an item whose value is ``omit``
+  is dropped, so optional keys are written ``"{{ body.email | default(omit) }}"``;
+* a dict with the key ``$map`` turns a list into another list:
+  ``{$map: "{{ items }}", $as: item, $where: "{{ ... }}", $to: <value tree>}``.
+
+Everything runs in Jinja's ``ImmutableSandboxedEnvironment`` with
+``StrictUndefined``: a template can neither reach Python internals nor
+silently read a missing value. Templates are compiled once, when the mapping
+is loaded; values from Khoros or the CRM are only ever data in the context,
+never compiled.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable
+from urllib.parse import quote
+
+from jinja2 import StrictUndefined, TemplateError, Undefined, meta, nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .errors import MappingRuntimeError
+
+
+class _Omit:
+    """The ``omit`` sentinel: a value that removes its key or list item."""
+
+    _instance: "_Omit | None" = None
+
+    def __new__(cls) -> "_Omit":
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "omit"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+OMIT = _Omit()
+
+_SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>.*?)\}\}\s*$", re.DOTALL)
+
+
+# --- filters and globals a mapping may use --------------------------------
+
+def _merge(left: Any, *others: Any) -> dict[str, Any]:
+    """``a | merge(b)``: a new dict with b's keys over a's (inputs untouched)."""
+    result = dict(left or {})
+    for other in others:
+        result.update(other or {})
+    return result
+
+
+def _without(mapping: Any, *keys: str) -> dict[str, Any]:
+    """``body | without('interactions')``: a copy of a dict without some keys."""
+    return {k: v for k, v in (mapping or {}).items() if k not in keys}
+
+
+def _only(mapping: Any, *keys: str) -> dict[str, Any]:
+    """``body | only('email', 'phone')``: a copy of a dict with just these keys (those present)."""
+    return {k: v for k, v in (mapping or {}).items() if k in keys}
+
+
+def _rename_keys(mapping: Any, names: dict[str, str]) -> dict[str, Any]:
+    """``body | rename_keys({'firstName': 'first_name'})``: a copy with keys renamed
+    (keys not listed are kept as they are)."""
+    return {names.get(k, k): v for k, v in (mapping or {}).items()}
+
+
+def _digits(value: Any) -> str:
+    """Only the digits of a value: compare phone numbers whatever their punctuation."""
+    return "".join(ch for ch in str(value or "") if ch.isdigit())
+
+
+def _isodate(value: Any) -> Any:
+    """Normalise a timestamp to ``YYYY-MM-DDTHH:MM:SSZ`` (UTC), as Khoros shows dates.
+
+    Accepts ISO-8601 strings (with ``Z``, an offset, or naive meaning UTC) and
+    epoch numbers (seconds, or milliseconds when larger than 10^11). ``none``
+    and empty strings pass through as ``none``.
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = value / 1000 if value > 1e11 else value
+        moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    else:
+        text = str(value).strip()
+        if text.isdigit():
+            return _isodate(int(text))
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ValueError(f"not an ISO-8601 date: {text[:40]!r}") from exc
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _fromjson(value: Any) -> Any:
+    """Parse JSON kept in a text field (for CRMs that only store strings)."""
+    if value is None or value == "":
+        return None
+    return json.loads(value)
+
+
+def _backslash_escape(value: Any, chars: str = "\\'\"") -> str:
+    """Put a backslash before every character of ``chars`` (the backslash itself included
+    if listed): the escaping most query languages use inside quoted literals."""
+    text = "" if value is None else str(value)
+    return "".join("\\" + ch if ch in chars else ch for ch in text)
+
+
+def _quote_literal(value: Any, quote_char: str = '"', escape: str = "\\") -> str:
+    """Wrap a value in quotes, escaping the quote and the escape character, so a
+    query language reads it as one literal whatever it contains."""
+    text = "" if value is None else str(value)
+    text = text.replace(escape, escape + escape).replace(quote_char, escape + quote_char)
+    return f"{quote_char}{text}{quote_char}"
+
+
+def _urlencode_part(value: Any) -> str:
+    """Percent-encode a value for use as one URL path segment."""
+    return quote("" if value is None else str(value), safe="")
+
+
+def _as_list(value: Any) -> list[Any]:
+    """``x | as_list``: none -> [], a list stays, anything else -> [x]."""
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return value
+    return [value]
+
+
+FILTERS: dict[str, Callable[..., Any]] = {
+    "merge": _merge,
+    "without": _without,
+    "only": _only,
+    "rename_keys": _rename_keys,
+    "digits": _digits,
+    "isodate": _isodate,
+    "fromjson": _fromjson,
+    "backslash_escape": _backslash_escape,
+    "quote_literal": _quote_literal,
+    "urlencode_part": _urlencode_part,
+    "as_list": _as_list,
+}
+
+
+def _path_finalize(value: Any) -> Any:
+    """Every value printed into a URL path is percent-encoded, so ``../`` or ``?``
+    from Khoros or the CRM can never change which URL is called."""
+    return _urlencode_part(value)
+
+
+def make_environment(finalize: Callable[[Any], Any] | None = None) -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False,
+        **({"finalize": finalize} if finalize else {}),
+    )
+    env.filters.update(FILTERS)
+    env.globals.update({"omit": OMIT})
+    return env
+
+
+ENV = make_environment()
+PATH_ENV = make_environment(_path_finalize)
+
+# Names every template may use without a step defining them.
+GLOBAL_NAMES = frozenset({"omit", "range", "dict", "lipsum", "cycler", "joiner", "namespace"})
+
+
+# --- compiled values -----------------------------------------------------
+
+class Compiled:
+    """A compiled value tree: call :meth:`evaluate` with a context dict."""
+
+    def evaluate(self, context: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def names(self) -> set[str]:
+        """Top-level context names this value reads (for load-time checks)."""
+        return set()
+
+
+@dataclass
+class Literal(Compiled):
+    value: Any
+
+    def evaluate(self, context: dict[str, Any]) -> Any:
+        return self.value
+
+
+class Expression(Compiled):
+    """``"{{ expr }}"`` alone: evaluates to the expression's own value."""
+
+    def __init__(self, source: str, expr: str, where: str, env: ImmutableSandboxedEnvironment = ENV) -> None:
+        self.source = source
+        self.where = where
+        self._fn = env.compile_expression(expr, undefined_to_none=False)
+        self._ast = env.parse("{{" + expr + "}}")
+
+    def evaluate(self, context: dict[str, Any]) -> Any:
+        try:
+            value = self._fn(**context)
+        except (TemplateError, ArithmeticError, LookupError, TypeError, ValueError) as exc:
+            raise _runtime_error(self.where, exc) from exc
+        if isinstance(value, Undefined):
+            try:
+                value._fail_with_undefined_error()
+            except TemplateError as exc:
+                raise _runtime_error(self.where, exc) from exc
+        return value
+
+    def names(self) -> set[str]:
+        return set(meta.find_undeclared_variables(self._ast))
+
+    @property
+    def ast(self) -> nodes.Template:
+        return self._ast
+
+
+class Text(Compiled):
+    """A string with templates inside: renders to text."""
+
+    def __init__(self, source: str, where: str, env: ImmutableSandboxedEnvironment = ENV) -> None:
+        self.source = source
+        self.where = where
+        self._template = env.from_string(source)
+        self._ast = env.parse(source)
+
+    def evaluate(self, context: dict[str, Any]) -> Any:
+        try:
+            return self._template.render(context)
+        except (TemplateError, ArithmeticError, LookupError, TypeError, ValueError) as exc:
+            raise _runtime_error(self.where, exc) from exc
+
+    def names(self) -> set[str]:
+        return set(meta.find_undeclared_variables(self._ast))
+
+    @property
+    def ast(self) -> nodes.Template:
+        return self._ast
+
+
+@dataclass
+class DictValue(Compiled):
+    items: dict[str, Compiled]
+
+    def evaluate(self, context: dict[str, Any]) -> Any:
+        result = {}
+        for key, value in self.items.items():
+            evaluated = value.evaluate(context)
+            if evaluated is not OMIT:
+                result[key] = evaluated
+        return result
+
+    def names(self) -> set[str]:
+        return set().union(*(v.names() for v in self.items.values())) if self.items else set()
+
+
+@dataclass
+class ListValue(Compiled):
+    items: list[Compiled]
+
+    def evaluate(self, context: dict[str, Any]) -> Any:
+        return [v for v in (item.evaluate(context) for item in self.items) if v is not OMIT]
+
+    def names(self) -> set[str]:
+        return set().union(*(v.names() for v in self.items)) if self.items else set()
+
+
+@dataclass
+class MapValue(Compiled):
+    """``$map``: evaluate ``to`` once per item of ``over`` (kept where ``where`` holds)."""
+
+    over: Compiled
+    item_name: str
+    to: Compiled
+    where_clause: Compiled | None
+    where: str
+
+    def evaluate(self, context: dict[str, Any]) -> Any:
+        items = self.over.evaluate(context)
+        if items is OMIT:
+            return OMIT  # "$map: '{{ x | default(omit) }}'" drops the key when there is nothing to map
+        if items is None:
+            return []
+        if isinstance(items, dict):
+            items = [{"key": k, "value": v} for k, v in items.items()]
+        if not isinstance(items, (list, tuple)):
+            raise MappingRuntimeError(
+                f"The mapping expected a list at {self.where} but got {type(items).__name__}.")
+        result = []
+        for index, item in enumerate(items):
+            scope = {**context, self.item_name: item, "index": index}
+            if self.where_clause is not None and not self.where_clause.evaluate(scope):
+                continue
+            value = self.to.evaluate(scope)
+            if value is not OMIT:
+                result.append(value)
+        return result
+
+    def names(self) -> set[str]:
+        inner = self.to.names() | (self.where_clause.names() if self.where_clause else set())
+        return self.over.names() | (inner - {self.item_name, "index"})
+
+
+def _runtime_error(where: str, exc: Exception) -> MappingRuntimeError:
+    # Jinja's messages name the variable or attribute, never the context's values.
+    return MappingRuntimeError(
+        f"The mapping could not build a value at {where}: {str(exc).rstrip('.')}.",
+        internal=type(exc).__name__)
+
+
+class TemplateCompileError(Exception):
+    """A template in the mapping does not compile; ``path`` is relative to the value."""
+
+    def __init__(self, path: tuple[Any, ...], message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+MAP_KEYS = frozenset({"$map", "$as", "$where", "$to"})
+
+
+def is_template(value: Any) -> bool:
+    return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
+def compile_string(source: str, where: str, env: ImmutableSandboxedEnvironment = ENV) -> Compiled:
+    """Compile one string leaf (literal, single expression, or text template)."""
+    if not is_template(source):
+        return Literal(source)
+    try:
+        match = _SINGLE_EXPRESSION.match(source)
+        if match and "{{" not in match.group("expr") and "}}" not in match.group("expr"):
+            return Expression(source, match.group("expr"), where, env)
+        return Text(source, where, env)
+    except TemplateError as exc:
+        raise TemplateCompileError((), f"template does not compile: {exc}") from exc
+
+
+def compile_value(value: Any, where: str, path: tuple[Any, ...] = (),
+                  env: ImmutableSandboxedEnvironment = ENV) -> Compiled:
+    """Compile a whole value tree; raise :class:`TemplateCompileError` with the inner path."""
+    if isinstance(value, str):
+        try:
+            return compile_string(value, where, env)
+        except TemplateCompileError as exc:
+            raise TemplateCompileError(path, exc.message) from exc
+    if isinstance(value, dict):
+        if "$map" in value:
+            unknown = set(value) - MAP_KEYS
+            if unknown:
+                raise TemplateCompileError(path + (sorted(unknown)[0],),
+                                           f"unknown key in $map (allowed: {', '.join(sorted(MAP_KEYS))})")
+            item_name = value.get("$as", "item")
+            if not isinstance(item_name, str) or not item_name.isidentifier():
+                raise TemplateCompileError(path + ("$as",), "$as must be a plain name such as 'item'")
+            where_clause = value.get("$where")
+            return MapValue(
+                over=compile_value(value["$map"], where, path + ("$map",), env),
+                item_name=item_name,
+                to=compile_value(value.get("$to", "{{ " + item_name + " }}"), where, path + ("$to",), env),
+                where_clause=None if where_clause is None else compile_value(where_clause, where,
+                                                                             path + ("$where",), env),
+                where=where,
+            )
+        return DictValue({str(k): compile_value(v, where, path + (k,), env) for k, v in value.items()})
+    if isinstance(value, list):
+        return ListValue([compile_value(v, where, path + (i,), env) for i, v in enumerate(value)])
+    return Literal(value)
+
+
+def iter_templates(compiled: Compiled) -> Iterable[Expression | Text]:
+    """Every template leaf of a compiled tree (for static checks)."""
+    if isinstance(compiled, (Expression, Text)):
+        yield compiled
+    elif isinstance(compiled, DictValue):
+        for value in compiled.items.values():
+            yield from iter_templates(value)
+    elif isinstance(compiled, ListValue):
+        for value in compiled.items:
+            yield from iter_templates(value)
+    elif isinstance(compiled, MapValue):
+        yield from iter_templates(compiled.over)
+        yield from iter_templates(compiled.to)
+        if compiled.where_clause is not None:
+            yield from iter_templates(compiled.where_clause)

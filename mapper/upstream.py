@@ -1,0 +1,198 @@
+"""HTTP calls to the CRM: one pooled session per mapping, each call on a budget.
+
+This module knows HTTP and nothing about Khoros or mapping syntax. It sends
+one request, reads the answer within the time the :class:`Deadline` allows
+(the body is streamed so a CRM that drips bytes cannot hold us past the
+deadline), waits out a ``429 Retry-After`` when the wait fits the budget, and
+turns transport failures into :mod:`mapper.errors` classes whose messages say
+which CRM call failed without showing secrets.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from .budget import Deadline
+from .errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+
+log = logging.getLogger("mapper.upstream")
+
+# Below this many seconds left, a call is not worth starting.
+MIN_CALL_SECONDS = 0.05
+CHUNK = 64 * 1024
+
+
+@dataclass
+class Outbound:
+    """One fully rendered request to the CRM."""
+
+    method: str
+    url: str
+    params: list[tuple[str, str]] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+    json_body: Any = None
+    form: dict[str, Any] | None = None
+    has_json_body: bool = False
+
+    def describe(self) -> str:
+        """``GET /api/contacts/`` — for messages and logs: no host, no query, no secrets."""
+        return f"{self.method} {urlsplit(self.url).path}"
+
+
+@dataclass
+class Inbound:
+    """The CRM's answer: status, headers, and the body as JSON (or text when not JSON)."""
+
+    status: int
+    headers: dict[str, str]
+    body: Any
+    text: str
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+class Signer:
+    """Adds the CRM credentials to a request (see :mod:`mapper.auth`)."""
+
+    def sign(self, outbound: Outbound, client: "Client", deadline: Deadline) -> None:
+        return None
+
+    def refresh_on(self, answer: Inbound) -> bool:
+        """True when this answer means 'credentials expired': refresh and retry once."""
+        return False
+
+    def refresh(self, client: "Client", deadline: Deadline) -> None:
+        return None
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(moment.timestamp() - time.time(), 0.0)
+
+
+class Client:
+    """A pooled connection to one CRM, shared by every request the mapping serves."""
+
+    def __init__(self, *, call_timeout: float, max_body_bytes: int, max_429_retries: int = 2,
+                 signer: Signer | None = None, pool_size: int = 32,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.call_timeout = call_timeout
+        self.max_body_bytes = max_body_bytes
+        self.max_429_retries = max_429_retries
+        self.signer = signer or Signer()
+        self._sleep = sleep
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def send(self, outbound: Outbound, deadline: Deadline, *, sign: bool = True) -> Inbound:
+        """Send with credentials; refresh them once if the CRM says they expired;
+        wait out 429s that fit the budget."""
+        refreshed = False
+        rate_limited = 0
+        while True:
+            attempt = Outbound(outbound.method, outbound.url, list(outbound.params), dict(outbound.headers),
+                               outbound.json_body, outbound.form, outbound.has_json_body)
+            if sign:
+                self.signer.sign(attempt, self, deadline)
+            answer = self.send_raw(attempt, deadline)
+            if sign and not refreshed and self.signer.refresh_on(answer):
+                refreshed = True
+                log.info("credentials expired on %s; refreshing once", outbound.describe())
+                self.signer.refresh(self, deadline)
+                continue
+            if answer.status == 429 and rate_limited < self.max_429_retries:
+                wait = _retry_after_seconds(answer.headers.get("Retry-After"))
+                if wait is not None and wait + MIN_CALL_SECONDS < deadline.remaining():
+                    rate_limited += 1
+                    log.info("CRM rate-limited %s; waiting %.2fs as Retry-After asks", outbound.describe(), wait)
+                    self._sleep(wait)
+                    continue
+            return answer
+
+    def send_raw(self, outbound: Outbound, deadline: Deadline) -> Inbound:
+        """One HTTP exchange, bounded by the deadline, with no auth or retry logic."""
+        allowed = deadline.allow(self.call_timeout)
+        if allowed < MIN_CALL_SECONDS:
+            raise UpstreamTimeout(
+                f"The CRM call {outbound.describe()} was not started: the Khoros time limit "
+                f"({deadline.seconds:g} s) was already spent by earlier CRM calls.")
+        started = time.monotonic()
+        kwargs: dict[str, Any] = {"params": outbound.params or None, "headers": outbound.headers,
+                                  "timeout": (min(allowed, 3.0), allowed), "stream": True,
+                                  "allow_redirects": False}
+        if outbound.has_json_body:
+            kwargs["json"] = outbound.json_body
+        elif outbound.form is not None:
+            kwargs["data"] = outbound.form
+        try:
+            response = self.session.request(outbound.method, outbound.url, **kwargs)
+            try:
+                raw = self._read_body(response, outbound, deadline)
+            finally:
+                response.close()
+        except requests.Timeout as exc:
+            raise UpstreamTimeout(
+                f"The CRM did not answer {outbound.describe()} within {allowed:.1f} s, so we stopped "
+                f"waiting to answer Khoros in time. Check that the CRM is up and responsive.",
+                internal=type(exc).__name__) from exc
+        except requests.ConnectionError as exc:
+            host = urlsplit(outbound.url).netloc
+            raise UpstreamUnavailable(
+                f"Could not connect to the CRM at {host} for {outbound.describe()}. Check that the CRM "
+                f"is running and that the mapping's base URL is right.", internal=type(exc).__name__) from exc
+        except requests.RequestException as exc:
+            raise UpstreamError(f"The CRM call {outbound.describe()} failed: {type(exc).__name__}.") from exc
+        seconds = time.monotonic() - started
+        text = raw.decode(response.encoding or "utf-8", errors="replace")
+        answer = Inbound(response.status_code, dict(response.headers), _parse(text), text, seconds)
+        log.debug("CRM %s -> %s in %.3fs", outbound.describe(), answer.status, seconds)
+        return answer
+
+    def _read_body(self, response: requests.Response, outbound: Outbound, deadline: Deadline) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_content(CHUNK):
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise UpstreamError(
+                    f"The CRM answered {outbound.describe()} with more than {self.max_body_bytes} bytes; "
+                    f"raise connection.max_response_bytes in the mapping if that is expected.")
+            if deadline.expired():
+                raise requests.Timeout("body not complete before the deadline")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _parse(text: str) -> Any:
+    """JSON when the body is JSON; otherwise the text itself (HTML error pages, plain text)."""
+    if not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
