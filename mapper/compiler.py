@@ -16,8 +16,9 @@ import difflib
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import jsonschema
 from jinja2 import nodes
@@ -29,11 +30,33 @@ from .auth import SIGNERS
 from .errors import ConfigError, Problem
 from .khoros import BESTMATCH_FIELDS, CASE_WRITE_EXTRA, OPERATIONS, Operation
 from .model import Field, ObjectModel
-from .pipeline import (Branch, ErrorRule, Extraction, FailStep, FirstStep, ForEachStep, Pagination,
-                       RequestSpec, RequestStep, SetStep, Step, Where)
+from .pipeline import (
+    Branch,
+    ErrorRule,
+    Extraction,
+    FailStep,
+    FirstStep,
+    ForEachStep,
+    Pagination,
+    RequestSpec,
+    RequestStep,
+    SetStep,
+    Step,
+    Where,
+)
 from .source import SourceDocument, dotted, load_source
-from .templating import (ENV, GLOBAL_NAMES, PATH_ENV, Compiled, Expression, Literal, TemplateCompileError, Text,
-                         compile_value, iter_templates)
+from .templating import (
+    ENV,
+    GLOBAL_NAMES,
+    PATH_ENV,
+    Compiled,
+    Expression,
+    Literal,
+    TemplateCompileError,
+    Text,
+    compile_value,
+    iter_templates,
+)
 
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            "schemas", "mapping.schema.json")
@@ -171,15 +194,15 @@ class Compiler:
                     self.problem(path, f"access to attribute '{node.attr}' is not allowed in templates")
                 elif isinstance(node.node, nodes.Name):
                     self._check_attribute(node.node.name, node.attr, path, body_fields, scope)
-            for node in leaf.ast.find_all(nodes.Filter):
-                if node.name not in ENV.filters:
-                    self.problem(path, f"unknown filter '{node.name}'{suggest(node.name, ENV.filters)}")
-            for node in leaf.ast.find_all(nodes.Test):
-                if node.name not in ENV.tests:
-                    self.problem(path, f"unknown test '{node.name}'{suggest(node.name, ENV.tests)}")
-            for node in leaf.ast.find_all(nodes.Getitem):
-                if isinstance(node.arg, nodes.Const) and str(node.arg.value).startswith("_"):
-                    self.problem(path, f"access to item '{node.arg.value}' is not allowed in templates")
+            for used in leaf.ast.find_all(nodes.Filter):
+                if used.name not in ENV.filters:
+                    self.problem(path, f"unknown filter '{used.name}'{suggest(used.name, ENV.filters)}")
+            for test in leaf.ast.find_all(nodes.Test):
+                if test.name not in ENV.tests:
+                    self.problem(path, f"unknown test '{test.name}'{suggest(test.name, ENV.tests)}")
+            for item in leaf.ast.find_all(nodes.Getitem):
+                if isinstance(item.arg, nodes.Const) and str(item.arg.value).startswith("_"):
+                    self.problem(path, f"access to item '{item.arg.value}' is not allowed in templates")
 
     def _check_attribute(self, owner: str, attr: str, path: tuple[Any, ...], body_fields: set[str] | None,
                          scope: set[str]) -> None:
@@ -262,7 +285,8 @@ class Compiler:
                               static_scope | {"auth"})
         models = {kind: self._model(kind, data["model"][kind]) for kind in ("customer", "case")}
         shape_scope = BASE_NAMES | {"record"}
-        shapes = {kind: self.value(data["shapes"][kind], ("shapes", kind), shape_scope) for kind in ("customer", "case")}
+        shapes = {kind: self.value(data["shapes"][kind], ("shapes", kind), shape_scope)
+                  for kind in ("customer", "case")}
         mapping_errors = [self._error_rule(rule, ("errors", i), BASE_NAMES | ANSWER_NAMES)
                           for i, rule in enumerate(data.get("errors", []))]
         live_models = {}
@@ -452,7 +476,7 @@ class Compiler:
             page_scope = answer_scope | {"page", paginate["into"]}
             items = self.jsonpath(paginate["items"], ppath + ("items",))
             pagination = Pagination(
-                items=items,  # type: ignore[arg-type]
+                items=items,
                 into=paginate["into"],
                 keep_going=self.template(paginate["while"], ppath + ("while",), page_scope, body_fields),
                 cursor=self.template(paginate["cursor"], ppath + ("cursor",), page_scope, body_fields)

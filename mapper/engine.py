@@ -14,20 +14,30 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 from .auth import SIGNERS, OAuth2
 from .budget import Deadline
 from .compiler import CompiledMapping, CompiledOperation, Setting, compile_file
-from .errors import (BadRequest, ConfigError, KhorosError, MappingRuntimeError, NotFound, Problem,
-                     ServerError, Unsupported)
+from .errors import (
+    BadRequest,
+    ConfigError,
+    FieldError,
+    KhorosError,
+    MappingRuntimeError,
+    NotFound,
+    Problem,
+    ServerError,
+    Unsupported,
+)
 from .khoros import META_BUDGET, META_TYPES, OPERATION_BUDGET, OPERATIONS_BY_NAME, Operation
 from .model import FIELD_TYPES, check_bestmatch, check_customer_id, check_interactions
 from .pipeline import Run
 from .shaping import Shaper
-from .upstream import Client
+from .upstream import Client, Signer
 
 log = logging.getLogger("mapper.engine")
 
@@ -81,7 +91,7 @@ class Engine:
     # -- construction ----------------------------------------------------
 
     @classmethod
-    def load(cls, path: str, environ: Mapping[str, str] | None = None) -> "Engine":
+    def load(cls, path: str, environ: Mapping[str, str] | None = None) -> Engine:
         """Compile ``path`` and bind it to the environment; raise ConfigError listing every problem."""
         environ = os.environ if environ is None else environ
         mapping = compile_file(path)
@@ -96,6 +106,7 @@ class Engine:
         static = {"settings": settings, "secrets": secrets}
         auth_values = {key: value.evaluate(static) for key, value in mapping.auth_values.items()}
         signer_class, _ = SIGNERS[mapping.auth_kind]
+        signer: Signer
         if signer_class is OAuth2:
             signer = OAuth2(auth_values, **mapping.auth_paths)
         else:
@@ -144,7 +155,7 @@ class Engine:
         if op.input == "bestmatch":
             return check_bestmatch(body)
         creating = op.input == "create"
-        extra = {}
+        extra: dict[str, Callable[[Any], list[FieldError]]] = {}
         if op.object_kind == "case":
             extra = {"interactions": check_interactions,
                      "customerId": check_customer_id if creating else _check_optional_customer_id}
@@ -165,7 +176,7 @@ class Engine:
     def _scope(self, body: dict[str, Any], id: str | None, tenancy: Tenancy, trace_id: str) -> dict[str, Any]:
         return {"body": body, "id": id, "khoros": tenancy.as_dict(), "settings": self.settings,
                 "secrets": self.secrets, "auth": getattr(self.client.signer, "values", {}),
-                "now": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "trace_id": trace_id}
+                "now": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "trace_id": trace_id}
 
     def _shape(self, op: Operation, compiled: CompiledOperation, scope: dict[str, Any]) -> Any:
         assert compiled.result is not None
@@ -215,7 +226,7 @@ class Engine:
         return {"name": kind, "fields": [f for f in declared if f["name"] not in names] + checked}
 
 
-def _check_optional_customer_id(value: Any) -> list:
+def _check_optional_customer_id(value: Any) -> list[FieldError]:
     from .model import is_missing
     if is_missing(value):
         return []
@@ -235,4 +246,4 @@ def _live_field(raw: Any, where: Any) -> dict[str, Any]:
     return out
 
 
-__all__ = ["Engine", "Tenancy", "ServerError"]
+__all__ = ["Engine", "ServerError", "Tenancy"]

@@ -142,7 +142,7 @@ class Step:
     where: Where
     when: Compiled | None
 
-    def run(self, run: "Run", scope: dict[str, Any]) -> None:
+    def run(self, run: Run, scope: dict[str, Any]) -> None:
         raise NotImplementedError
 
 
@@ -154,7 +154,7 @@ class RequestStep(Step):
     extract: list[Extraction] = field(default_factory=list)
     paginate: Pagination | None = None
 
-    def run(self, run: "Run", scope: dict[str, Any]) -> None:
+    def run(self, run: Run, scope: dict[str, Any]) -> None:
         if self.paginate is None:
             answer = self._call(run, scope)
         else:
@@ -163,7 +163,7 @@ class RequestStep(Step):
         for extraction in self.extract:
             scope[extraction.name] = extraction.extract(answer_scope)
 
-    def _call(self, run: "Run", scope: dict[str, Any]) -> Inbound:
+    def _call(self, run: Run, scope: dict[str, Any]) -> Inbound:
         outbound = self._render(run, scope)
         answer = run.client.send(outbound, run.deadline)
         run.calls += 1
@@ -172,11 +172,11 @@ class RequestStep(Step):
         self._check(run, scope, answer, outbound)
         return answer
 
-    def _follow_pages(self, run: "Run", scope: dict[str, Any]) -> Inbound:
+    def _follow_pages(self, run: Run, scope: dict[str, Any]) -> Inbound:
         assert self.paginate is not None
         pages = self.paginate
         collected: list[Any] = []
-        page = {"number": 0, "cursor": None}
+        page: dict[str, Any] = {"number": 0, "cursor": None}
         while True:
             answer = self._call(run, {**scope, "page": page})
             collected.extend(m.value for m in pages.items.find(answer.body))
@@ -194,7 +194,7 @@ class RequestStep(Step):
         scope[pages.into] = collected
         return answer
 
-    def _render(self, run: "Run", scope: dict[str, Any]) -> Outbound:
+    def _render(self, run: Run, scope: dict[str, Any]) -> Outbound:
         spec = self.request
         path = str(spec.path.evaluate(scope))
         url = path if path.startswith(("http://", "https://")) else urljoin(run.base_url + "/", path.lstrip("/"))
@@ -214,7 +214,7 @@ class RequestStep(Step):
             outbound.form = {k: v for k, v in spec.form.evaluate(scope).items() if v is not None}
         return outbound
 
-    def _check(self, run: "Run", scope: dict[str, Any], answer: Inbound, outbound: Outbound) -> None:
+    def _check(self, run: Run, scope: dict[str, Any], answer: Inbound, outbound: Outbound) -> None:
         answer_scope = {**scope, "response": answer.body, "status": answer.status, "headers": answer.headers}
         internal = f"{outbound.describe()} -> {answer.status}: {answer.text[:300]}"
         for rule in self.errors:
@@ -244,7 +244,7 @@ def _query_text(value: Any) -> str:
 class SetStep(Step):
     values: dict[str, Compiled] = field(default_factory=dict)
 
-    def run(self, run: "Run", scope: dict[str, Any]) -> None:
+    def run(self, run: Run, scope: dict[str, Any]) -> None:
         for name, value in self.values.items():
             scope[name] = value.evaluate(scope)
 
@@ -256,7 +256,7 @@ class ForEachStep(Step):
     steps: list[Step] = field(default_factory=list)
     collect: dict[str, Compiled] = field(default_factory=dict)
 
-    def run(self, run: "Run", scope: dict[str, Any]) -> None:
+    def run(self, run: Run, scope: dict[str, Any]) -> None:
         items = self.over.evaluate(scope)
         if items is None:
             items = []
@@ -285,7 +285,7 @@ class FirstStep(Step):
     branches: list[Branch] = field(default_factory=list)
     until: Compiled | None = None
 
-    def run(self, run: "Run", scope: dict[str, Any]) -> None:
+    def run(self, run: Run, scope: dict[str, Any]) -> None:
         for branch in self.branches:
             if branch.when is not None and not branch.when.evaluate(scope):
                 continue
@@ -301,7 +301,7 @@ class FailStep(Step):
     message: Compiled = field(default=None)  # type: ignore[assignment]
     fields: Compiled | None = None
 
-    def run(self, run: "Run", scope: dict[str, Any]) -> None:
+    def run(self, run: Run, scope: dict[str, Any]) -> None:
         rule = ErrorRule(self.where, self.code, self.message, fields=self.fields)
         raise rule.to_error(scope, internal=f"fail step {self.name}")
 

@@ -8,8 +8,9 @@ later stage (schema check, compiler) can point at the right line.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 

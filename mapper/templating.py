@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote
 
 from jinja2 import StrictUndefined, TemplateError, Undefined, meta, nodes
@@ -39,9 +40,9 @@ from .errors import MappingRuntimeError
 class _Omit:
     """The ``omit`` sentinel: a value that removes its key or list item."""
 
-    _instance: "_Omit | None" = None
+    _instance: _Omit | None = None
 
-    def __new__(cls) -> "_Omit":
+    def __new__(cls) -> _Omit:
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance
@@ -100,7 +101,7 @@ def _isodate(value: Any) -> Any:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = value / 1000 if value > 1e11 else value
-        moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
+        moment = datetime.fromtimestamp(seconds, tz=UTC)
     else:
         text = str(value).strip()
         if text.isdigit():
@@ -110,8 +111,8 @@ def _isodate(value: Any) -> Any:
         except ValueError as exc:
             raise ValueError(f"not an ISO-8601 date: {text[:40]!r}") from exc
         if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _fromjson(value: Any) -> Any:

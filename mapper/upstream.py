@@ -14,8 +14,9 @@ import email.utils
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
@@ -66,14 +67,14 @@ class Inbound:
 class Signer:
     """Adds the CRM credentials to a request (see :mod:`mapper.auth`)."""
 
-    def sign(self, outbound: Outbound, client: "Client", deadline: Deadline) -> None:
+    def sign(self, outbound: Outbound, client: Client, deadline: Deadline) -> None:
         return None
 
     def refresh_on(self, answer: Inbound) -> bool:
         """True when this answer means 'credentials expired': refresh and retry once."""
         return False
 
-    def refresh(self, client: "Client", deadline: Deadline) -> None:
+    def refresh(self, client: Client, deadline: Deadline) -> None:
         return None
 
 

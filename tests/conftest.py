@@ -1,0 +1,60 @@
+"""Shared fixtures: the real CRMs on loopback and our server in front of them.
+
+The CRM fixtures start real services (the demo CRM in-process, json-server
+from npm, BottleCRM from PyPI in its own virtualenv) once per session; the
+``bridge`` fixture serves a shipped mapping through our real Flask app on a
+loopback port and hands back a client that calls it as Khoros would.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterator
+
+import pytest
+
+from mapper.app import create_app
+from mapper.engine import Engine
+from tests.support.khoros import KhorosClient
+from tests.support.live_server import LiveServer
+from tests.targets.bottlecrm import bottlecrm  # noqa: F401  (fixture)
+from tests.targets.json_server import json_server  # noqa: F401  (fixture)
+
+KHOROS_TOKEN = "khoros-test-secret-0123456789"
+
+
+@pytest.fixture(scope="session")
+def bridge() -> Iterator[Callable[[str, dict[str, str]], KhorosClient]]:
+    """Start our server for a mapping with a given environment; stopped at session end."""
+    running: list[tuple[LiveServer, Engine]] = []
+
+    def start(mapping: str, environ: dict[str, str]) -> KhorosClient:
+        engine = Engine.load(mapping, environ)
+        app = create_app(engine, tokens=[KHOROS_TOKEN, "older-secret-being-rotated"])
+        server = LiveServer(app).start()
+        running.append((server, engine))
+        return KhorosClient(server.url, KHOROS_TOKEN)
+
+    yield start
+    for server, engine in running:
+        server.stop()
+        engine.close()
+
+
+@pytest.fixture(scope="session")
+def demo_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    from democrm.launcher import start_demo_crm
+
+    url, stop = start_demo_crm(os.path.join(tmp_path_factory.mktemp("democrm"), "demo.sqlite3"))
+    yield {"DEMO_CRM_URL": url}
+    stop()
+
+
+@pytest.fixture(scope="session")
+def json_server_env(json_server) -> dict[str, str]:  # noqa: F811
+    return {"JSON_SERVER_URL": json_server.url}
+
+
+@pytest.fixture(scope="session")
+def bottlecrm_env(bottlecrm) -> dict[str, str]:  # noqa: F811
+    return {"BOTTLECRM_URL": bottlecrm.url, "BOTTLECRM_TOKEN": bottlecrm.token}

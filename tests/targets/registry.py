@@ -1,0 +1,56 @@
+"""The CRMs the Khoros scenario runs against, as one table.
+
+Each row names the shipped mapping, the pytest fixture that starts the CRM
+and returns the environment the mapping reads, and the marks to select or
+skip it (``-m "not bottlecrm"`` for a quick run).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCENARIOS = os.path.join(ROOT, "tests", "scenarios")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    mapping: str
+    env_fixture: str
+    marks: tuple[Any, ...] = field(default=())
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("demo", os.path.join(ROOT, "mappings", "demo.yaml"), "demo_env"),
+    Target("json-server", os.path.join(ROOT, "mappings", "json-server.yaml"), "json_server_env",
+           (pytest.mark.jsonserver,)),
+    Target("bottlecrm", os.path.join(ROOT, "mappings", "bottlecrm.yaml"), "bottlecrm_env",
+           (pytest.mark.bottlecrm, pytest.mark.slow)),
+)
+
+
+def _fill(value: Any, unique: str) -> Any:
+    if isinstance(value, str):
+        return value.replace("{unique}", unique)
+    if isinstance(value, list):
+        return [_fill(v, unique) for v in value]
+    if isinstance(value, dict):
+        return {k: _fill(v, unique) for k, v in value.items()}
+    return value
+
+
+def load_scenario(name: str) -> dict[str, Any]:
+    """The target's scenario data, with ``{unique}`` made unique for this run."""
+    with open(os.path.join(SCENARIOS, f"{name}.yaml"), encoding="utf-8") as handle:
+        data = yaml.safe_load(handle)
+    unique = uuid.uuid4().hex[:8]
+    filled: dict[str, Any] = _fill(data, unique)
+    filled["unique"] = unique
+    return filled
