@@ -9,7 +9,7 @@ loopback port and hands back a client that calls it as Khoros would.
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 

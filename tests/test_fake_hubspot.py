@@ -63,7 +63,7 @@ def link(type_id: int, to_id: str) -> dict[str, Any]:
 def test_missing_or_wrong_token_gets_hubspots_401_body(api: Api, authorization: str | None
                                                        ) -> None:
     headers = {"Authorization": authorization} if authorization else {}
-    answer = api.session.get(api.url + "/crm/v3/objects/contacts", headers=headers, timeout=5)
+    answer = api.session.get(api.url + "/crm/v3/objects/contacts/1", headers=headers, timeout=5)
     assert answer.status_code == 401
     body = answer.json()
     assert body["status"] == "error"
@@ -93,7 +93,9 @@ def test_patch_contact_answers_200_with_the_updated_object(api: Api) -> None:
     answer = api("PATCH", f"/crm/v3/objects/contacts/{contact['id']}",
                  json={"properties": {"lastname": "Doe", "hs_lead_status": "OPEN"}})
     assert answer.status_code == 200
-    assert answer.json()["properties"] | {} >= {"lastname": "Doe", "hs_lead_status": "OPEN"}
+    changed = {"lastname": "Doe", "hs_lead_status": "OPEN"}
+    assert changed.items() <= answer.json()["properties"].items()
+    assert answer.json()["updatedAt"] >= contact["updatedAt"]
 
 
 def test_search_ors_filter_groups_and_ands_filters_within_one(api: Api) -> None:
@@ -254,18 +256,18 @@ def test_duplicate_email_answers_409_with_the_existing_id(api: Api) -> None:
 def test_fail_next_answers_429_with_retry_after_then_recovers(api: Api, state: HubSpotState
                                                               ) -> None:
     state.fail_next(429, headers={"Retry-After": "1"})
-    limited = api("GET", "/crm/v3/objects/contacts")
+    limited = api("GET", "/crm/v3/properties/contacts")
     assert limited.status_code == 429
     assert limited.headers["Retry-After"] == "1"
     assert limited.json() | {"correlationId": ""} == {
         "status": "error", "message": "You have reached your secondly limit.",
         "errorType": "RATE_LIMIT", "correlationId": "", "policyName": "SECONDLY"}
-    assert api("GET", "/crm/v3/objects/contacts").status_code == 200
+    assert api("GET", "/crm/v3/properties/contacts").status_code == 200
 
 
 def test_fail_next_can_send_an_html_503(api: Api, state: HubSpotState) -> None:
     state.fail_next(503, "<html><body>Service Unavailable</body></html>")
-    answer = api("GET", "/crm/v3/objects/contacts")
+    answer = api("GET", "/crm/v3/pipelines/tickets")
     assert answer.status_code == 503
     assert answer.headers["Content-Type"].startswith("text/html")
 

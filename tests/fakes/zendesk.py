@@ -5,9 +5,9 @@ through real sockets, status lines, headers and Zendesk's own JSON envelopes,
 exactly as the engine will meet them in production. Every behaviour below is
 taken from Zendesk's reference documentation or from response bodies quoted in
 public bug reports; ``docs/vendors/zendesk-api.md`` lists each fact with its
-source. Where the documentation is silent the fake takes the *stricter*
-reading and says so in a comment, so a mapping that passes here does not lean
-on a leniency Zendesk may not have.
+source. Where the documentation is silent the fake says so in a comment and
+prefers the stricter reading (refuse rather than guess), so a mapping that
+passes here does not lean on a leniency Zendesk may not have.
 
 Public surface::
 
@@ -42,6 +42,9 @@ TICKET_PRIORITIES = ("low", "normal", "high", "urgent")
 TICKET_TYPES = ("problem", "incident", "question", "task")
 USER_ROLES = ("end-user", "agent", "admin")
 MAX_PER_PAGE = 100
+# Test credentials only: the fake never sees a real Zendesk token.
+DEFAULT_AGENT_EMAIL = "agent@example.com"
+DEFAULT_API_TOKEN = "fake-api-token"
 # The exact text/plain body of a real 429 (50 bytes, as the report shows).
 RATE_LIMIT_BODY = "Number of allowed API requests per minute exceeded"
 
@@ -122,8 +125,8 @@ class ZendeskState:
     def __init__(
         self,
         *,
-        agent_email: str = "agent@example.com",
-        api_token: str = "fake-api-token",
+        agent_email: str = DEFAULT_AGENT_EMAIL,
+        api_token: str = DEFAULT_API_TOKEN,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.agent_email = agent_email
@@ -204,7 +207,7 @@ class ZendeskState:
 
     def ticket_field_id(self, title: str) -> int:
         """The id of a ticket field by title, to build ``custom_fields`` in tests."""
-        return next(f["id"] for f in self.ticket_fields if f["title"] == title)
+        return int(next(f["id"] for f in self.ticket_fields if f["title"] == title))
 
     def requests_to(self, method: str, path: str) -> list[RecordedRequest]:
         """Recorded requests for one method and path (``.json`` suffix ignored)."""
@@ -934,7 +937,10 @@ def _before_request() -> Response | None:
         time.sleep(state.slow_seconds)
     fault = state.take_fault()
     if fault is not None:
-        return _render(fault.status, fault.body, fault.headers)
+        headers = dict(fault.headers)
+        if fault.status == 429:  # a real 429 reports the budget as spent
+            headers.setdefault("X-Rate-Limit-Remaining", "0")
+        return _render(fault.status, fault.body, headers)
     if not _authenticated(state):
         return _json({"error": "Couldn't authenticate you"}, 401,
                      {"WWW-Authenticate": 'Basic realm="Web Password"'})
@@ -967,7 +973,7 @@ def _after_request(response: Response) -> Response:
 def create_app(state: ZendeskState | None = None) -> Flask:
     """A Flask app imitating Zendesk's ``/api/v2`` over ``state``."""
     app = Flask(__name__)
-    app.extensions["zendesk_fake"] = state or ZendeskState()
+    app.extensions["zendesk_fake"] = state if state is not None else ZendeskState()
     for rule, method, view in _ROUTES:
         for suffix in ("", ".json"):
             app.add_url_rule(rule + suffix, endpoint=f"{view.__name__}{suffix}",
