@@ -66,11 +66,12 @@ class _Builder:
         if isinstance(node, yaml.MappingNode):
             result: dict[str, Any] = {}
             for key_node, value_node in node.value:
-                key = self.build(key_node, path + ("<key>",))
-                if key == "<<":
+                # Checked on the tag: SafeLoader cannot construct a bare '<<' key on its own.
+                if key_node.tag == "tag:yaml.org,2002:merge":
                     self.problems.append(Problem(self.file, key_node.start_mark.line + 1, dotted(path),
                                                  "YAML merge keys ('<<') are not supported; write the keys out"))
                     continue
+                key = self.build(key_node, path + ("<key>",))
                 if not isinstance(key, (str, int)):
                     self.problems.append(Problem(self.file, key_node.start_mark.line + 1, dotted(path),
                                                  "keys must be strings"))
@@ -84,7 +85,12 @@ class _Builder:
             return result
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
-        return self._scalar_loader.construct_object(node, deep=True)
+        try:
+            return self._scalar_loader.construct_object(node, deep=True)
+        except yaml.constructor.ConstructorError as exc:  # an unknown tag such as '!foo'
+            self.problems.append(Problem(self.file, node.start_mark.line + 1, dotted(path),
+                                         f"not valid YAML: {exc.problem}"))
+            return None
 
 
 def load_source(file: str, text: str | None = None) -> SourceDocument:

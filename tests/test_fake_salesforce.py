@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import requests
@@ -23,7 +24,7 @@ TIMEOUT = 10
 class TimedSession(requests.Session):
     """A session whose every call gives up after ``TIMEOUT`` seconds."""
 
-    def request(self, *args, **kwargs):  # type: ignore[no-untyped-def,override]
+    def request(self, *args: Any, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("timeout", TIMEOUT)
         return super().request(*args, **kwargs)
 

@@ -21,16 +21,12 @@ Public API::
 Routes::
 
     POST   /crm/v3/objects/{type}                   create (inline "associations")
-    GET    /crm/v3/objects/{type}                   list, ?limit ?after ?properties
     GET    /crm/v3/objects/{type}/{id}              ?properties ?associations ?idProperty
     PATCH  /crm/v3/objects/{type}/{id}              update
-    DELETE /crm/v3/objects/{type}/{id}              archive
     POST   /crm/v3/objects/{type}/search            filterGroups, sorts, properties, limit, after
     POST   /crm/v3/objects/{type}/batch/read        inputs, properties
     GET    /crm/v4/objects/{type}/{id}/associations/{toType}
     PUT    /crm/v4/objects/{type}/{id}/associations/default/{toType}/{toId}
-    PUT    /crm/v4/objects/{type}/{id}/associations/{toType}/{toId}   labelled
-    DELETE /crm/v4/objects/{type}/{id}/associations/{toType}/{toId}
     GET    /crm/v3/pipelines/{type}[/{pipelineId}[/stages]]
     GET    /crm/v3/properties/{type}[/{name}]
 
@@ -68,7 +64,6 @@ V4_DEFAULT_LIMIT = 500
 
 # plural name, singular name, object type id
 _TYPES = (("contacts", "contact", "0-1"), ("tickets", "ticket", "0-5"), ("notes", "note", "0-46"))
-OBJECT_TYPE_IDS = {plural: type_id for plural, _, type_id in _TYPES}
 _SINGULAR = {plural: singular for plural, singular, _ in _TYPES}
 _ALIASES = {alias: row[0] for row in _TYPES for alias in row}
 
@@ -400,11 +395,6 @@ class HubSpotState:
             self.associations.add((a_type, a_id, b_type, b_id))
             self.associations.add((b_type, b_id, a_type, a_id))
 
-    def dissociate(self, a_type: str, a_id: str, b_type: str, b_id: str) -> None:
-        with self.lock:
-            self.associations.discard((a_type, a_id, b_type, b_id))
-            self.associations.discard((b_type, b_id, a_type, a_id))
-
     def associated_ids(self, from_type: str, from_id: str, to_type: str) -> list[str]:
         with self.lock:
             ids = [b for (ft, fid, tt, b) in self.associations
@@ -492,7 +482,8 @@ class HubSpotState:
             types = association["types"]
             pairs = {_PAIR_BY_TYPE_ID.get(t.get("associationTypeId")) for t in types}
         except (KeyError, TypeError, AttributeError):
-            raise bad_request("Invalid input JSON: each association needs 'to.id' and 'types'")
+            raise bad_request(
+                "Invalid input JSON: each association needs 'to.id' and 'types'") from None
         pair = next(iter(pairs)) if len(pairs) == 1 else None
         if pair is None or pair[0] != from_type:
             raise bad_request(f"invalid association type for {from_type}: "
@@ -791,22 +782,6 @@ def create_app(state: HubSpotState | None = None) -> Flask:
                               body.get("associations") or [])
         return reply(object_json(state, record, everything=True), 201)
 
-    @app.get("/crm/v3/objects/<type_name>")
-    def list_objects(type_name: str) -> Response:
-        object_type = object_type_of(type_name)
-        limit, after = request.args.get("limit", "10"), request.args.get("after", "0")
-        if not (limit.isdigit() and after.isdigit()):
-            raise bad_request("limit and after must be numbers")
-        with state.lock:
-            live = sorted((r for r in state.records[object_type].values() if not r.archived),
-                          key=lambda r: int(r.id))
-            page = [r for r in live if int(r.id) > int(after)][:int(limit)]
-            body: JSON = {"results": [object_json(state, r, _csv("properties")) for r in page]}
-        if page and int(page[-1].id) < int(live[-1].id):
-            body["paging"] = {"next": {"after": str(int(page[-1].id)),
-                                       "link": f"?after={page[-1].id}"}}
-        return reply(body)
-
     @app.get("/crm/v3/objects/<type_name>/<object_id>")
     def read_object(type_name: str, object_id: str) -> Response:
         object_type = object_type_of(type_name)
@@ -827,14 +802,6 @@ def create_app(state: HubSpotState | None = None) -> Flask:
         state.update(record, body.get("properties", {}))
         return reply(object_json(state, record, everything=True))
 
-    @app.delete("/crm/v3/objects/<type_name>/<object_id>")
-    def archive_object(type_name: str, object_id: str) -> Response:
-        with state.lock:
-            record = state.find(object_type_of(type_name), object_id)
-            if record is not None:
-                record.archived = True
-        return reply(None, 204)
-
     @app.post("/crm/v3/objects/<type_name>/search")
     def search_objects(type_name: str) -> Response:
         body = json_body()
@@ -854,7 +821,7 @@ def create_app(state: HubSpotState | None = None) -> Flask:
         answer: JSON = {"status": "COMPLETE", "results": [
             object_json(state, r, body.get("properties")) for r in found if r is not None],
             "startedAt": started, "completedAt": state.now()}
-        missing = [i for i, r in zip(ids, found) if r is None]
+        missing = [i for i, r in zip(ids, found, strict=True) if r is None]
         if not missing:
             return reply(answer)
         answer |= {"numErrors": 1, "errors": [{
@@ -876,7 +843,8 @@ def create_app(state: HubSpotState | None = None) -> Flask:
     @app.get("/crm/v4/objects/<from_name>/<from_id>/associations/<to_name>")
     def list_associations(from_name: str, from_id: str, to_name: str) -> Response:
         from_type, to_type = linked_pair(from_name, from_id, to_name)
-        limit, after = request.args.get("limit", str(V4_DEFAULT_LIMIT)), request.args.get("after", "0")
+        limit = request.args.get("limit", str(V4_DEFAULT_LIMIT))
+        after = request.args.get("after", "0")
         if not (limit.isdigit() and after.isdigit()):
             raise bad_request("limit and after must be numbers")
         ids = [i for i in state.associated_ids(from_type, from_id, to_type) if int(i) > int(after)]
@@ -898,26 +866,6 @@ def create_app(state: HubSpotState | None = None) -> Flask:
             "associationSpec": {"associationCategory": "HUBSPOT_DEFINED",
                                 "associationTypeId": ASSOCIATION_TYPE_IDS[from_type, to_type]}}],
             "startedAt": started, "completedAt": state.now()})
-
-    @app.put("/crm/v4/objects/<from_name>/<from_id>/associations/<to_name>/<to_id>")
-    def associate_labelled(from_name: str, from_id: str, to_name: str, to_id: str) -> Response:
-        from_type, to_type = linked_pair(from_name, from_id, to_name, to_id)
-        specs, expected = json_body(), ASSOCIATION_TYPE_IDS[from_type, to_type]
-        if not isinstance(specs, list) or not specs or any(
-                not isinstance(s, dict) or s.get("associationTypeId") != expected
-                or s.get("associationCategory") != "HUBSPOT_DEFINED" for s in specs):
-            raise bad_request(f"expected [{{'associationCategory': 'HUBSPOT_DEFINED', "
-                              f"'associationTypeId': {expected}}}]")
-        state.associate(from_type, from_id, to_type, to_id)
-        return reply({"fromObjectTypeId": OBJECT_TYPE_IDS[from_type], "fromObjectId": int(from_id),
-                      "toObjectTypeId": OBJECT_TYPE_IDS[to_type], "toObjectId": int(to_id),
-                      "labels": []}, 201)
-
-    @app.delete("/crm/v4/objects/<from_name>/<from_id>/associations/<to_name>/<to_id>")
-    def dissociate(from_name: str, from_id: str, to_name: str, to_id: str) -> Response:
-        from_type, to_type = linked_pair(from_name, from_id, to_name, to_id)
-        state.dissociate(from_type, from_id, to_type, to_id)
-        return reply(None, 204)
 
     @app.get("/crm/v3/pipelines/<type_name>")
     def list_pipelines(type_name: str) -> Response:
