@@ -1,6 +1,6 @@
 """The BottleCRM fixture gives a live, authenticated, clean server.
 
-Every BottleCRM end-to-end test leans on these three promises, so they are
+Every BottleCRM end-to-end test leans on these promises, so they are
 checked once, directly against the API, before anything is built on them.
 """
 

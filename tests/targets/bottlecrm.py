@@ -12,6 +12,7 @@ once into a cache folder and every test session only copies the result:
         settings/             a settings module: SQLite, Celery in memory
         pristine.sqlite3      the migrated, empty database
         prepare.lock          fcntl lock: one process installs/migrates at once
+        pip.log, migrate.log  output of the slow steps (shown on failure)
 
 Each start copies the pristine database into a fresh temporary folder,
 creates a user, an org, an ADMIN profile and a personal access token in it,
@@ -237,6 +238,7 @@ def _install(inst: Installation) -> None:
     if not inst.python.exists():
         venv = [find_python(), "-m", "venv", str(inst.venv)]
         _run_logged(venv, inst.root / "venv.log", "creating the venv")
+    # django-crm itself requires gunicorn>=26.2, which has --no-control-socket.
     pip = [str(inst.python), "-m", "pip", "install", f"django-crm=={VERSION}", "gunicorn"]
     _run_logged(pip, inst.root / "pip.log", f"pip install django-crm=={VERSION}")
     inst.install_stamp.write_text(f"django-crm=={VERSION}\n")
@@ -313,6 +315,20 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=15)
 
 
+def _gunicorn_args(inst: Installation, port: int) -> list[str]:
+    return [
+        str(inst.venv / "bin" / "gunicorn"), "crm.wsgi:application",
+        "-b", f"127.0.0.1:{port}", "-w", "2",
+        "--timeout", "60", "--graceful-timeout", "5", "--access-logfile", "-",
+        # Import Django once, then fork: ready in ~7 s instead of ~12 s on two
+        # cores. Safe: the master opens no database connection.
+        "--preload",
+        # The default control socket is one per user ($HOME/.gunicorn): two
+        # servers at once would fight over it.
+        "--no-control-socket",
+    ]
+
+
 @contextmanager
 def running_bottlecrm(root: Path | None = None) -> Iterator[BottleCRM]:
     """Start a BottleCRM on a clean copy of the pristine database; stop it on exit."""
@@ -325,16 +341,9 @@ def running_bottlecrm(root: Path | None = None) -> Iterator[BottleCRM]:
         creds = _bootstrap(inst, workdir, env)
         port = free_port()
         log = workdir / "gunicorn.log"
-        args = [
-            str(inst.venv / "bin" / "gunicorn"), "crm.wsgi:application",
-            "-b", f"127.0.0.1:{port}", "-w", "2", "--timeout", "60", "--graceful-timeout", "5",
-            # The default control socket is one per user ($HOME/.gunicorn):
-            # two servers at once would fight over it.
-            "--no-control-socket", "--access-logfile", "-",
-        ]
         with log.open("wb") as out:
             process = subprocess.Popen(
-                args,
+                _gunicorn_args(inst, port),
                 cwd=workdir,
                 env=env,
                 stdout=out,
