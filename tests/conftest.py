@@ -58,3 +58,57 @@ def json_server_env(json_server) -> dict[str, str]:  # noqa: F811
 @pytest.fixture(scope="session")
 def bottlecrm_env(bottlecrm) -> dict[str, str]:  # noqa: F811
     return {"BOTTLECRM_URL": bottlecrm.url, "BOTTLECRM_TOKEN": bottlecrm.token}
+
+
+# --- vendor fakes (issue: Zendesk, Salesforce, HubSpot mappings) -------------
+# Each fake is served on loopback for the session; the *_fake fixtures give the
+# fake's state so a test can inspect exactly what the fake received.
+
+@dataclass
+class Fake:
+    state: Any
+    url: str
+
+
+def _serve_fake(create_app: Callable[[Any], Any], state: Any) -> Iterator[Fake]:
+    server = LiveServer(create_app(state)).start()
+    try:
+        yield Fake(state, server.url)
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def zendesk_fake() -> Iterator[Fake]:
+    from tests.fakes.zendesk import ZendeskState, create_app
+    yield from _serve_fake(create_app, ZendeskState(agent_email="bridge@example.com", api_token="zd-test-token-123"))
+
+
+@pytest.fixture(scope="session")
+def zendesk_env(zendesk_fake: Fake) -> dict[str, str]:
+    return {"ZENDESK_URL": zendesk_fake.url, "ZENDESK_EMAIL": "bridge@example.com",
+            "ZENDESK_API_TOKEN": "zd-test-token-123"}
+
+
+@pytest.fixture(scope="session")
+def salesforce_fake() -> Iterator[Fake]:
+    from tests.fakes.salesforce import SalesforceState, create_app
+    yield from _serve_fake(create_app, SalesforceState(client_id="sf-client-id", client_secret="sf-client-secret-123",
+                                                       refresh_token="sf-refresh-token-123"))
+
+
+@pytest.fixture(scope="session")
+def salesforce_env(salesforce_fake: Fake) -> dict[str, str]:
+    return {"SALESFORCE_LOGIN_URL": salesforce_fake.url, "SALESFORCE_CLIENT_ID": "sf-client-id",
+            "SALESFORCE_CLIENT_SECRET": "sf-client-secret-123"}
+
+
+@pytest.fixture(scope="session")
+def hubspot_fake() -> Iterator[Fake]:
+    from tests.fakes.hubspot import HubSpotState, create_app
+    yield from _serve_fake(create_app, HubSpotState(token="hs-private-app-token-123"))
+
+
+@pytest.fixture(scope="session")
+def hubspot_env(hubspot_fake: Fake) -> dict[str, str]:
+    return {"HUBSPOT_URL": hubspot_fake.url, "HUBSPOT_TOKEN": "hs-private-app-token-123"}

@@ -33,6 +33,10 @@ TARGETS: tuple[Target, ...] = (
            (pytest.mark.jsonserver,)),
     Target("bottlecrm", os.path.join(ROOT, "mappings", "bottlecrm.yaml"), "bottlecrm_env",
            (pytest.mark.bottlecrm, pytest.mark.slow)),
+    # Cloud CRMs, reached through fakes built from each vendor's reference docs (tests/fakes/).
+    Target("zendesk", os.path.join(ROOT, "mappings", "zendesk.yaml"), "zendesk_env", (pytest.mark.vendor,)),
+    Target("salesforce", os.path.join(ROOT, "mappings", "salesforce.yaml"), "salesforce_env", (pytest.mark.vendor,)),
+    Target("hubspot", os.path.join(ROOT, "mappings", "hubspot.yaml"), "hubspot_env", (pytest.mark.vendor,)),
 )
 
 
