@@ -8,6 +8,7 @@ and for tests; it is not meant for production traffic.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 
@@ -30,7 +31,9 @@ def start_demo_crm(
     """
     app = create_app(db_path, api_key=api_key)
     server = make_server(host, port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="democrm", daemon=True)
+    # A short poll interval makes stop() return in ~0.1 s instead of 0.5 s.
+    serve = functools.partial(server.serve_forever, poll_interval=0.1)
+    thread = threading.Thread(target=serve, name="democrm", daemon=True)
     thread.start()
     lock = threading.Lock()
     stopped = False

@@ -13,11 +13,10 @@ import pytest
 import requests
 
 from tests.targets import json_server as target
+from tests.targets.json_server import JsonServer
 
-# Bind the session fixture into this module under its own name, so pytest finds
-# it (an import of the bare name would look unused to linters).
-json_server = target.json_server
-JsonServer = target.JsonServer
+# The session fixture ``json_server`` comes from tests/conftest.py, which
+# imports it from tests/targets/json_server.py.
 
 pytestmark = pytest.mark.jsonserver
 
