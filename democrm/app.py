@@ -254,17 +254,19 @@ SCHEMA = (
 
 SEED_CUSTOMERS = (
     {"first_name": "Jane", "last_name": "Doe", "email": "jane@example.com",
-     "phone": "+1 555 0100", "twitter": "@janedoe", "tier": "gold", "vip": True},
+     "phone": "+1 555 0100", "twitter": "janedoe", "tier": "gold", "vip": True},
     {"first_name": "John", "last_name": "Smith", "email": "john.smith@example.com",
      "phone": "+1 555 0101", "tier": "silver"},
     {"first_name": "Ana", "last_name": "Lopez", "email": "ana.lopez@example.com",
-     "twitter": "@analopez", "tier": "bronze"},
+     "twitter": "analopez", "tier": "bronze"},
 )
 SEED_CASE = {"subject": "Order #1001 arrived damaged", "priority": "high",
              "description": "The box was crushed; customer asks for a replacement."}
 SEED_NOTE = {"posted_at": "2024-05-01T09:30:00Z", "channel": "twitter",
              "body": "@acme my order #1001 arrived damaged :(",
-             "author_name": "Jane Doe", "author_handle": "@janedoe"}
+             "link": "https://twitter.com/janedoe/status/1785645123456789",
+             "external_id": "1785645123456789", "content_type": "post",
+             "author_name": "Jane Doe", "author_handle": "janedoe", "author_id": "99001"}
 
 
 # --- Database access ---------------------------------------------------------

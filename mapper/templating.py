@@ -85,6 +85,28 @@ def _rename_keys(mapping: Any, names: dict[str, str]) -> dict[str, Any]:
     return {names.get(k, k): v for k, v in (mapping or {}).items()}
 
 
+def _match_all(items: Any, criteria: Any, ignore_case: bool = False) -> list[Any]:
+    """``results | match_all({'email': body.email})``: keep the records whose value for
+    every key of ``criteria`` equals the criterion. CRMs whose search is a substring
+    or fuzzy match use this to keep exact matches only. Keys may be dotted paths
+    (``'contact.email'``); with ``ignore_case`` strings compare case-insensitively."""
+
+    def value_at(record: Any, dotted: str) -> Any:
+        for part in dotted.split("."):
+            if not isinstance(record, dict):
+                return None
+            record = record.get(part)
+        return record
+
+    def same(left: Any, right: Any) -> bool:
+        if ignore_case and isinstance(left, str) and isinstance(right, str):
+            return left.casefold() == right.casefold()
+        return bool(left == right)
+
+    wanted = dict(criteria or {})
+    return [item for item in (items or []) if all(same(value_at(item, k), v) for k, v in wanted.items())]
+
+
 def _digits(value: Any) -> str:
     """Only the digits of a value: compare phone numbers whatever their punctuation."""
     return "".join(ch for ch in str(value or "") if ch.isdigit())
@@ -133,13 +155,17 @@ def _quote_literal(value: Any, quote_char: str = '"', escape: str = "\\") -> str
     """Wrap a value in quotes, escaping the quote and the escape character, so a
     query language reads it as one literal whatever it contains."""
     text = "" if value is None else str(value)
-    text = text.replace(escape, escape + escape).replace(quote_char, escape + quote_char)
+    if escape != quote_char:  # SQL-style doubling ('') escapes the quote only once
+        text = text.replace(escape, escape + escape)
+    text = text.replace(quote_char, escape + quote_char)
     return f"{quote_char}{text}{quote_char}"
 
 
 def _urlencode_part(value: Any) -> str:
     """Percent-encode a value for use as one URL path segment."""
-    return quote("" if value is None else str(value), safe="")
+    encoded = quote("" if value is None else str(value), safe="")
+    # "." and ".." are not names but moves (URL libraries resolve them), so encode them too.
+    return encoded.replace(".", "%2E") if encoded in (".", "..") else encoded
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -153,6 +179,7 @@ def _as_list(value: Any) -> list[Any]:
 
 FILTERS: dict[str, Callable[..., Any]] = {
     "merge": _merge,
+    "match_all": _match_all,
     "without": _without,
     "only": _only,
     "rename_keys": _rename_keys,
