@@ -56,7 +56,26 @@ class _Omit:
 
 OMIT = _Omit()
 
-_SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>.*?)\}\}\s*$", re.DOTALL)
+
+
+def _single_expression(source: str, env: ImmutableSandboxedEnvironment) -> str | None:
+    """The expression inside ``source`` if it is exactly one ``{{ ... }}`` (whitespace
+    around allowed), else None. Uses Jinja's own lexer so that braces inside the
+    expression, as in ``{{ x | merge({'a': {}}) }}``, are read correctly."""
+    tokens = list(env.lex(source))
+    inner = [t for t in tokens if not (t[1] == "data" and not t[2].strip())]
+    if len(inner) < 2 or inner[0][1] != "variable_begin" or inner[-1][1] != "variable_end":
+        return None
+    if any(t[1] in ("variable_begin", "variable_end", "block_begin", "data") for t in inner[1:-1]):
+        return None
+    start = source.index("{{") + 2
+    end = source.rindex("}}")
+    expr = source[start:end]
+    if expr[:1] in "-+":  # whitespace control: {{- x -}}
+        expr = expr[1:]
+    if expr[-1:] == "-":
+        expr = expr[:-1]
+    return expr
 
 
 # --- filters and globals a mapping may use --------------------------------
@@ -105,6 +124,12 @@ def _match_all(items: Any, criteria: Any, ignore_case: bool = False) -> list[Any
 
     wanted = dict(criteria or {})
     return [item for item in (items or []) if all(same(value_at(item, k), v) for k, v in wanted.items())]
+
+
+def _re_sub(value: Any, pattern: str, replacement: str = "") -> str:
+    """``name | re_sub(' · [0-9a-f]{8}$', '')``: regular-expression replace, for
+    taking apart values a CRM stores combined (a title plus a uniqueness suffix)."""
+    return re.sub(pattern, replacement, "" if value is None else str(value))
 
 
 def _digits(value: Any) -> str:
@@ -177,8 +202,25 @@ def _as_list(value: Any) -> list[Any]:
     return [value]
 
 
+def _explode(items: Any, key: str) -> list[Any]:
+    """``errors | explode('fields')``: one copy of each record per element of its list at
+    ``key``, with ``key`` holding that one element. Records where ``key`` is missing, null
+    or an empty list give nothing; a value that is not a list counts as a list of one.
+    For answers that group several names under one item (one error naming three fields)
+    when each name needs an entry of its own. Anything but a list of dicts gives []."""
+    if not isinstance(items, list):
+        return []
+    out = []
+    for item in items:
+        if not isinstance(item, dict) or item.get(key) in (None, []):
+            continue
+        values = item[key] if isinstance(item[key], list) else [item[key]]
+        out.extend({**item, key: value} for value in values)
+    return out
+
 FILTERS: dict[str, Callable[..., Any]] = {
     "merge": _merge,
+    "re_sub": _re_sub,
     "match_all": _match_all,
     "without": _without,
     "only": _only,
@@ -190,6 +232,7 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "quote_literal": _quote_literal,
     "urlencode_part": _urlencode_part,
     "as_list": _as_list,
+    "explode": _explode,
 }
 
 
@@ -380,9 +423,9 @@ def compile_string(source: str, where: str, env: ImmutableSandboxedEnvironment =
     if not is_template(source):
         return Literal(source)
     try:
-        match = _SINGLE_EXPRESSION.match(source)
-        if match and "{{" not in match.group("expr") and "}}" not in match.group("expr"):
-            return Expression(source, match.group("expr"), where, env)
+        expr = _single_expression(source, env)
+        if expr is not None:
+            return Expression(source, expr, where, env)
         return Text(source, where, env)
     except TemplateError as exc:
         raise TemplateCompileError((), f"template does not compile: {exc}") from exc

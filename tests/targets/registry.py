@@ -40,21 +40,23 @@ TARGETS: tuple[Target, ...] = (
 )
 
 
-def _fill(value: Any, unique: str) -> Any:
+def _fill(value: Any, unique: str, digits: str) -> Any:
     if isinstance(value, str):
-        return value.replace("{unique}", unique)
+        return value.replace("{unique}", unique).replace("{digits}", digits)
     if isinstance(value, list):
-        return [_fill(v, unique) for v in value]
+        return [_fill(v, unique, digits) for v in value]
     if isinstance(value, dict):
-        return {k: _fill(v, unique) for k, v in value.items()}
+        return {k: _fill(v, unique, digits) for k, v in value.items()}
     return value
 
 
 def load_scenario(name: str) -> dict[str, Any]:
-    """The target's scenario data, with ``{unique}`` made unique for this run."""
+    """The target's scenario data, with ``{unique}`` (hex) and ``{digits}`` (for CRMs that
+    accept only digits in phone numbers) made unique for this run."""
     with open(os.path.join(SCENARIOS, f"{name}.yaml"), encoding="utf-8") as handle:
         data = yaml.safe_load(handle)
     unique = uuid.uuid4().hex[:8]
-    filled: dict[str, Any] = _fill(data, unique)
+    digits = str(uuid.uuid4().int % 10**7).zfill(7)
+    filled: dict[str, Any] = _fill(data, unique, digits)
     filled["unique"] = unique
     return filled
