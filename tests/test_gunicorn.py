@@ -1,0 +1,68 @@
+"""Production serving: the same app factory under gunicorn, configured by environment.
+
+README documents ``MAPPER_MAPPING=... gunicorn 'mapper.app:create_app()'``;
+this starts exactly that against the demo CRM and calls it as Khoros would.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from tests.support.khoros import KhorosClient
+from tests.support.live_server import free_port
+from tests.targets.registry import ROOT
+
+TOKEN = "gunicorn-test-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def gunicorn_server(demo_env: dict[str, str]) -> Iterator[str]:
+    port = free_port()
+    env = {**os.environ, **demo_env, "MAPPER_MAPPING": os.path.join(ROOT, "mappings", "demo.yaml"),
+           "MAPPER_AUTH_TOKENS": f"old-token-being-rotated,{TOKEN}"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-w", "2", "--threads", "4", "-b", f"127.0.0.1:{port}",
+         "--no-control-socket", "mapper.app:create_app()"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"gunicorn exited: {process.stdout.read() if process.stdout else ''}")
+            try:
+                if requests.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:  # refused or still booting
+                time.sleep(0.2)
+        else:
+            pytest.fail("gunicorn did not answer /healthz within 30 s")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        if process.stdout:
+            process.stdout.close()
+
+
+def test_gunicorn_serves_the_khoros_api_with_rotated_tokens(gunicorn_server: str) -> None:
+    for token in (TOKEN, "old-token-being-rotated"):
+        khoros = KhorosClient(gunicorn_server, token)
+        answer = khoros.meta("customer")
+        assert answer.status == 200
+        assert {"id", "uri"} <= {f["name"] for f in answer.body["fields"]}
+    found = KhorosClient(gunicorn_server, TOKEN).search({"email": "jane@example.com"})
+    assert found.status == 200
+    assert [c["email"] for c in found.body] == ["jane@example.com"]
+
+
+def test_gunicorn_refuses_a_wrong_token(gunicorn_server: str) -> None:
+    answer = KhorosClient(gunicorn_server, "nope").meta("customer")
+    assert answer.status == 401
