@@ -9,6 +9,8 @@ and for tests; it is not meant for production traffic.
 from __future__ import annotations
 
 import functools
+import os
+import tempfile
 import threading
 from collections.abc import Callable
 
@@ -58,3 +60,19 @@ def url_host(host: str) -> str:
     if host == "::":
         return "[::1]"
     return f"[{host}]" if ":" in host else host
+
+
+def prepare_demo() -> str:
+    """Start the demo CRM for ``mapper serve`` without ``--mapping``; return the mapping to serve.
+
+    Registered as the ``crm_mapper.demo`` entry point (setup.cfg), so the
+    engine's CLI finds the demo without naming it. The data lives in
+    ``$DEMO_CRM_DATA`` (default: a folder in the system's temp directory) and
+    survives restarts; ``DEMO_CRM_URL`` tells ``mappings/demo.yaml`` where it runs.
+    """
+    data_dir = os.environ.get("DEMO_CRM_DATA") or os.path.join(tempfile.gettempdir(), "crm-mapper-demo")
+    os.makedirs(data_dir, exist_ok=True)
+    url, _stop = start_demo_crm(os.path.join(data_dir, "democrm.sqlite3"))
+    os.environ["DEMO_CRM_URL"] = url
+    print(f"Demo CRM running at {url} (data in {data_dir})")
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mappings", "demo.yaml")

@@ -11,15 +11,13 @@ from __future__ import annotations
 import os
 import secrets
 import sys
-import tempfile
+from collections.abc import Callable
+from importlib.metadata import entry_points
 
 import click
 
 from .compiler import compile_file
 from .errors import ConfigError
-
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO_MAPPING = os.path.join(PROJECT_ROOT, "mappings", "demo.yaml")
 
 
 @click.group()
@@ -59,8 +57,10 @@ def serve(mapping_path: str | None, host: str, port: int) -> None:
 
     tokens = parse_tokens(os.environ.get("MAPPER_AUTH_TOKENS"))
     if mapping_path is None:
-        mapping_path = DEMO_MAPPING
-        _start_demo_crm()
+        mapping_path = _demo_mapping()
+        if mapping_path is None:
+            click.echo("No --mapping given and no demo is installed; pass --mapping FILE.", err=True)
+            sys.exit(2)
         if not tokens:
             tokens = [secrets.token_urlsafe(24)]
             click.echo(f"Demo mode: MAPPER_AUTH_TOKENS is not set, so this run accepts the token\n"
@@ -77,15 +77,13 @@ def serve(mapping_path: str | None, host: str, port: int) -> None:
     app.run(host=host, port=port, threaded=True)
 
 
-def _start_demo_crm() -> None:
-    """Start the demo CRM on a free loopback port and point the demo mapping at it."""
-    from democrm.launcher import start_demo_crm
-
-    data_dir = os.environ.get("DEMO_CRM_DATA") or os.path.join(tempfile.gettempdir(), "crm-mapper-demo")
-    os.makedirs(data_dir, exist_ok=True)
-    url, _stop = start_demo_crm(os.path.join(data_dir, "democrm.sqlite3"))
-    os.environ["DEMO_CRM_URL"] = url
-    click.echo(f"Demo CRM running at {url} (data in {data_dir})")
+def _demo_mapping() -> str | None:
+    """The bundled demo, found through the ``crm_mapper.demo`` entry point: it starts
+    its CRM and returns the mapping to serve. The engine itself names no CRM."""
+    for entry in entry_points(group="crm_mapper.demo"):
+        prepare: Callable[[], str] = entry.load()
+        return prepare()
+    return None
 
 
 if __name__ == "__main__":
