@@ -2,8 +2,9 @@
 
 ``mapper validate PATH...`` prints every problem as ``file:line: key: message``
 and exits 1 if there is any. ``mapper serve`` runs the Khoros-facing server;
-without ``--mapping`` it starts the bundled demo CRM and serves
-``mappings/demo.yaml`` against it, so a first run needs nothing else.
+without ``--mapping`` it starts the bundled demo (found through the
+``crm_mapper.demo`` entry point) and serves its mapping, so a first run
+needs nothing else.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def validate(paths: tuple[str, ...]) -> None:
 
 @main.command()
 @click.option("--mapping", "mapping_path", type=click.Path(exists=True, dir_okay=False),
-              help="Mapping file to serve. Without it: the bundled demo CRM and mappings/demo.yaml.")
+              help="Mapping file to serve. Without it: the bundled demo and its mapping.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
 def serve(mapping_path: str | None, host: str, port: int) -> None:
