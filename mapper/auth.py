@@ -20,7 +20,7 @@ from typing import Any
 from jsonpath_ng import JSONPath
 
 from .budget import Deadline
-from .errors import UpstreamError
+from .errors import ConfigError, Problem, UpstreamError
 from .templating import Compiled
 from .upstream import Client, Inbound, Outbound, Signer
 
@@ -69,12 +69,25 @@ class QueryAuth(Signer):
         outbound.params.append((self._name, self._value))
 
 
+# The OAuth 2.0 grants the oauth2 signer can use (connection.auth.grant).
+GRANTS = ("client_credentials", "refresh_token")
+
+
 class OAuth2(Signer):
     """OAuth 2.0 client-credentials or refresh-token grant with a shared, cached token."""
 
     def __init__(self, values: dict[str, Any], token_path: JSONPath, expires_path: JSONPath | None,
                  extra: dict[str, JSONPath], refresh_when: Compiled | None) -> None:
-        self._form = {"grant_type": values.get("grant") or "client_credentials",
+        grant = str(values.get("grant") or "client_credentials")
+        if grant not in GRANTS:
+            raise ConfigError([Problem("environment", 0, "connection.auth.grant",
+                                       f"the OAuth grant is '{grant[:40]}'; it must be one of: {', '.join(GRANTS)} "
+                                       "(check the setting the mapping reads for it)")])
+        if grant == "refresh_token" and not values.get("refresh_token"):
+            raise ConfigError([Problem("environment", 0, "connection.auth.refresh_token",
+                                       "the refresh_token grant needs a refresh token; set the environment "
+                                       "variable the mapping reads for it")])
+        self._form = {"grant_type": grant,
                       "client_id": values.get("client_id"), "client_secret": values.get("client_secret")}
         if values.get("refresh_token"):
             self._form["refresh_token"] = values["refresh_token"]

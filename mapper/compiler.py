@@ -13,6 +13,7 @@ parsing anything again.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import os
 import re
@@ -24,7 +25,7 @@ import jsonschema
 from jinja2 import nodes
 from jsonpath_ng import JSONPath
 from jsonpath_ng.exceptions import JsonPathLexerError, JsonPathParserError
-from jsonpath_ng.ext import parse as parse_jsonpath
+from jsonpath_ng.ext import parse as _parse_jsonpath_uncached
 
 from .auth import SIGNERS
 from .errors import ConfigError, Problem
@@ -108,7 +109,7 @@ class CompiledMapping:
     settings: list[Setting]
     secrets: list[Setting]
     base_url: Compiled
-    headers: dict[str, str]
+    headers: dict[str, Compiled]
     auth_kind: str
     auth_values: dict[str, Compiled]
     auth_paths: dict[str, Any]
@@ -121,6 +122,13 @@ class CompiledMapping:
     shapes: dict[str, Compiled]
     shape_where: dict[str, Where]
     operations: dict[str, CompiledOperation] = field(default_factory=dict)
+
+
+@functools.lru_cache(maxsize=512)
+def parse_jsonpath(text: str) -> JSONPath:
+    """Parse a JSONPath once per process: jsonpath-ng rebuilds its whole parser on every call
+    (about 0.1 s), and mappings repeat the same few paths ('$', '$[*]') many times."""
+    return _parse_jsonpath_uncached(text)
 
 
 def suggest(name: str, candidates: Iterable[str]) -> str:
@@ -170,6 +178,8 @@ class Compiler:
                      body_fields: set[str] | None) -> None:
         from .templating import MapValue
         if isinstance(compiled, MapValue):
+            if compiled.item_name in BASE_NAMES | ANSWER_NAMES | {"record", "page", "index"}:
+                self.problem(path + ("$as",), f"'{compiled.item_name}' is a reserved name; choose another")
             self._check_names(compiled.over, path + ("$map",), scope, body_fields)
             inner = scope | {compiled.item_name, "index"}
             self._check_names(compiled.to, path + ("$to",), inner, body_fields)
@@ -250,11 +260,24 @@ class Compiler:
             self.problem(path, error.message.replace("is a required property", "is required here"))
             return
         if error.validator == "oneOf" and error.context:
-            # Report the alternative that came closest (the deepest error).
-            best = max(error.context, key=lambda e: len(e.absolute_path))
-            if best.validator in ("additionalProperties", "required") or len(best.absolute_path):
-                self._schema_problem(best)
-                return
+            # Report every problem of the alternative that came closest: the one that got
+            # deepest, then the one declaring most of the keys given, then the one whose
+            # type fits ('reslt' in an operation is a typo for 'result', not a missing 'unsupported').
+            by_alternative: dict[Any, list[jsonschema.ValidationError]] = {}
+            for sub in error.context:
+                by_alternative.setdefault(sub.relative_schema_path[0], []).append(sub)
+
+            def closeness(item: tuple[Any, list[jsonschema.ValidationError]]) -> tuple[int, int, int]:
+                index, subs = item
+                alternative = error.validator_value[index]
+                declared = alternative.get("properties", {}) if isinstance(alternative, dict) else {}
+                given = set(error.instance) if isinstance(error.instance, dict) else set()
+                return (max(len(e.absolute_path) for e in subs), len(given & set(declared)),
+                        -sum(e.validator == "type" for e in subs))
+
+            for sub in max(by_alternative.items(), key=closeness)[1]:
+                self._schema_problem(sub)
+            return
         if error.validator == "propertyNames":
             self.problem(path, f"'{error.instance}' is not a valid name: use letters, digits and '_'")
             return
@@ -273,7 +296,8 @@ class Compiler:
             return None
         data = self.doc.data
         settings = [self._setting(name, spec) for name, spec in data.get("settings", {}).items()]
-        secrets = [Setting(name, spec["env"], None, False) for name, spec in data.get("secrets", {}).items()]
+        secrets = [Setting(name, spec["env"], None, bool(spec.get("optional", False)))
+                   for name, spec in data.get("secrets", {}).items()]
         self.setting_names = {s.name for s in settings}
         self.secret_names = {s.name for s in secrets}
         connection = data["connection"]
@@ -300,7 +324,8 @@ class Compiler:
                                               float(live.get("cache_seconds", 300)), self.where(path))
         compiled = CompiledMapping(
             file=self.doc.file, name=data["name"], settings=settings, secrets=secrets, base_url=base_url,
-            headers={str(k): str(v) for k, v in connection.get("headers", {}).items()},
+            headers={str(k): self.value(str(v), ("connection", "headers", k), static_scope)
+                     for k, v in connection.get("headers", {}).items()},
             auth_kind=auth["type"], auth_values=auth_values, auth_paths=auth_paths,
             timeout=float(connection.get("timeout", DEFAULT_TIMEOUT)),
             max_response_bytes=int(connection.get("max_response_bytes", DEFAULT_MAX_BYTES)),
@@ -430,6 +455,7 @@ class Compiler:
         if kind == "for_each":
             over = self.template(raw["for_each"], path + ("for_each",), scope, body_fields)
             item = raw.get("as", "item")
+            self.define(item, path + ("as",), set())  # only to refuse reserved names
             inner = scope | {item, "index"}
             sub = self._steps(raw.get("steps", []), path + ("steps",), inner, body_fields)
             collect = {k: self.value(v, path + ("collect", k), inner, body_fields)
@@ -483,12 +509,15 @@ class Compiler:
                 if "cursor" in paginate else None,
                 max_pages=int(paginate.get("max_pages", 10)))
             self.define(paginate["into"], ppath + ("into",), scope)
-            answer_scope = answer_scope | {paginate["into"]}
-        errors = [self._error_rule(rule, path + ("errors", i), answer_scope, body_fields)
+        # Error rules judge each page as it arrives (they see 'page'); extractions run once
+        # on the last answer, after the pages were collected (they see the 'into' list).
+        rule_scope = answer_scope | ({"page"} if paginate else set())
+        extract_scope = answer_scope | ({paginate["into"]} if paginate else set())
+        errors = [self._error_rule(rule, path + ("errors", i), rule_scope, body_fields)
                   for i, rule in enumerate(raw.get("errors", []))]
         extractions = []
         for key, spec_raw in raw.get("extract", {}).items():
-            extractions.append(self._extraction(key, spec_raw, path + ("extract", key), answer_scope, body_fields))
+            extractions.append(self._extraction(key, spec_raw, path + ("extract", key), extract_scope, body_fields))
         for extraction in extractions:
             self.define(extraction.name, path + ("extract", extraction.name), scope)
         return RequestStep(name, where, when, request=spec, accept=frozenset(raw.get("accept", [])),

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,7 +34,15 @@ from .errors import (
     Unsupported,
 )
 from .khoros import META_BUDGET, META_TYPES, OPERATION_BUDGET, OPERATIONS_BY_NAME, Operation
-from .model import FIELD_TYPES, check_bestmatch, check_customer_id, check_interactions
+from .model import (
+    FIELD_TYPES,
+    IDENTITY_FIELDS,
+    Field,
+    ObjectModel,
+    check_bestmatch,
+    check_customer_id,
+    check_interactions,
+)
 from .pipeline import Run
 from .shaping import Shaper
 from .upstream import Client, Signer
@@ -78,8 +86,9 @@ class Engine:
     """Serves every Khoros operation for one mapping."""
 
     def __init__(self, mapping: CompiledMapping, settings: dict[str, Any], secrets: dict[str, Any],
-                 client: Client) -> None:
+                 client: Client, headers: dict[str, str] | None = None) -> None:
         self.mapping = mapping
+        self.headers = headers or {}  # connection.headers, rendered once at start-up
         self.settings = settings
         self.secrets = secrets
         self.client = client
@@ -87,6 +96,7 @@ class Engine:
                         for kind in ("customer", "case")}
         self._live_cache: dict[str, tuple[float, dict[str, Any]]] = {}
         self._live_lock = threading.Lock()
+        self._merged_models: dict[str, tuple[dict[str, Any], ObjectModel]] = {}
 
     # -- construction ----------------------------------------------------
 
@@ -113,7 +123,8 @@ class Engine:
             signer = signer_class(auth_values)  # type: ignore[call-arg]
         client = Client(call_timeout=mapping.timeout, max_body_bytes=mapping.max_response_bytes,
                         max_429_retries=mapping.retry_429, signer=signer)
-        return cls(mapping, settings, secrets, client)
+        headers = {name: str(value.evaluate(static)) for name, value in mapping.headers.items()}
+        return cls(mapping, settings, secrets, client, headers)
 
     @property
     def secret_values(self) -> list[str]:
@@ -137,19 +148,19 @@ class Engine:
         compiled = self.mapping.operations[name]
         if compiled.unsupported:
             raise Unsupported(f"This CRM does not support '{op.summary.rstrip('.')}': {compiled.unsupported}")
-        clean = self._check_input(op, body)
+        clean = self._check_input(op, body, trace_id)
         deadline = Deadline(OPERATION_BUDGET)
         run = self._new_run(deadline, trace_id)
         scope = self._scope(clean, id, tenancy or Tenancy(), trace_id)
         run.run_steps(compiled.steps, scope)
         return op.success, self._shape(op, compiled, scope)
 
-    def _check_input(self, op: Operation, body: Any) -> dict[str, Any]:
+    def _check_input(self, op: Operation, body: Any, trace_id: str = "-") -> dict[str, Any]:
         if op.input == "none":
             return {}
         if not isinstance(body, dict):
             raise BadRequest("The request body must be a JSON object.")
-        model = self.mapping.models[op.object_kind]
+        model = self._model_for(op.object_kind, trace_id)
         if op.input == "search":
             return model.check_search(body)
         if op.input == "bestmatch":
@@ -170,7 +181,7 @@ class Engine:
             signer.ensure(self.client, deadline)  # base_url may need values from the token answer
         base_url = str(self.mapping.base_url.evaluate(
             {"settings": self.settings, "secrets": self.secrets, "auth": getattr(signer, "values", {})}))
-        return Run(self.client, deadline, trace_id, base_url.rstrip("/"), self.mapping.headers,
+        return Run(self.client, deadline, trace_id, base_url.rstrip("/"), self.headers,
                    self.mapping.errors)
 
     def _scope(self, body: dict[str, Any], id: str | None, tenancy: Tenancy, trace_id: str) -> dict[str, Any]:
@@ -190,6 +201,36 @@ class Engine:
         return shaper.one(records, scope)
 
     # -- data model ------------------------------------------------------
+
+    def _model_for(self, kind: str, trace_id: str) -> ObjectModel:
+        """The model inbound bodies are checked against: the declared fields, updated by the
+        CRM's live metadata when the mapping has it, since that is what Khoros's forms show
+        (a picklist value added in the CRM must be accepted, a new custom field known)."""
+        declared = self.mapping.models[kind]
+        if kind not in self.mapping.live_models:
+            return declared
+        try:
+            answer = self.meta(kind, trace_id)
+        except KhorosError:
+            return declared  # the CRM is down and nothing is cached: the declared model still holds
+        cached = self._merged_models.get(kind)
+        if cached is not None and cached[0] is answer:
+            return cached[1]
+        merged = {f.name: f for f in declared.fields}
+        identity = {f["name"] for f in IDENTITY_FIELDS[kind]} - set(merged)
+        for live in answer["fields"]:
+            if live["name"] in identity:
+                continue
+            base = merged.get(live["name"])
+            values = tuple((v["name"], v["value"]) for v in live.get("listValues", []))
+            if base is not None:
+                merged[live["name"]] = replace(base, type=live["type"], list_values=values or base.list_values)
+            else:
+                merged[live["name"]] = Field(name=live["name"], label=live["label"], type=live["type"],
+                                             searchable=live["searchable"], list_values=values)
+        model = ObjectModel(kind, list(merged.values()))
+        self._merged_models[kind] = (answer, model)
+        return model
 
     def meta(self, kind: str, trace_id: str = "-") -> dict[str, Any]:
         """The ``/meta/object/{kind}`` answer: declared fields, or the CRM's own (cached)."""

@@ -23,6 +23,7 @@ never compiled.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from collections.abc import Callable, Iterable
@@ -162,11 +163,19 @@ def _isodate(value: Any) -> Any:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _fromjson(value: Any) -> Any:
-    """Parse JSON kept in a text field (for CRMs that only store strings)."""
+def _fromjson(value: Any, *default: Any) -> Any:
+    """Parse JSON kept in a text field (for CRMs that only store strings).
+
+    ``x | fromjson`` fails on text that is not JSON; ``x | fromjson({})`` gives
+    the default instead, for text a person may have edited in the CRM."""
     if value is None or value == "":
-        return None
-    return json.loads(value)
+        return default[0] if default else None
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError):
+        if default:
+            return default[0]
+        raise
 
 
 def _backslash_escape(value: Any, chars: str = "\\'\"") -> str:
@@ -188,9 +197,7 @@ def _quote_literal(value: Any, quote_char: str = '"', escape: str = "\\") -> str
 
 def _urlencode_part(value: Any) -> str:
     """Percent-encode a value for use as one URL path segment."""
-    encoded = quote("" if value is None else str(value), safe="")
-    # "." and ".." are not names but moves (URL libraries resolve them), so encode them too.
-    return encoded.replace(".", "%2E") if encoded in (".", "..") else encoded
+    return quote("" if value is None else str(value), safe="")
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -210,7 +217,7 @@ def _explode(items: Any, key: str) -> list[Any]:
     when each name needs an entry of its own. Anything but a list of dicts gives []."""
     if not isinstance(items, list):
         return []
-    out = []
+    out: list[Any] = []
     for item in items:
         if not isinstance(item, dict) or item.get(key) in (None, []):
             continue
@@ -239,7 +246,11 @@ FILTERS: dict[str, Callable[..., Any]] = {
 def _path_finalize(value: Any) -> Any:
     """Every value printed into a URL path is percent-encoded, so ``../`` or ``?``
     from Khoros or the CRM can never change which URL is called."""
-    return _urlencode_part(value)
+    encoded = _urlencode_part(value)
+    if encoded in (".", ".."):
+        # Not names but moves: requests sends '%2E' as '.', and URL libraries and servers resolve them.
+        raise ValueError(f"a value printed into a URL path cannot be '{encoded}'")
+    return encoded
 
 
 def make_environment(finalize: Callable[[Any], Any] | None = None) -> ImmutableSandboxedEnvironment:
@@ -423,12 +434,30 @@ def compile_string(source: str, where: str, env: ImmutableSandboxedEnvironment =
     if not is_template(source):
         return Literal(source)
     try:
-        expr = _single_expression(source, env)
+        # Path templates always render as text: their environment percent-encodes
+        # every printed value, which a native expression would bypass.
+        expr = None if env is PATH_ENV else _single_expression(source, env)
         if expr is not None:
             return Expression(source, expr, where, env)
         return Text(source, where, env)
     except TemplateError as exc:
-        raise TemplateCompileError((), f"template does not compile: {exc}") from exc
+        raise TemplateCompileError((), f"template does not compile: {exc}{_did_you_mean(str(exc), env)}") from exc
+
+
+def _did_you_mean(message: str, env: ImmutableSandboxedEnvironment) -> str:
+    """Jinja rejects an unknown filter or test at compile time; suggest the closest name."""
+    match = re.search(r"No (filter|test) named '([^']+)'", message)
+    if not match:
+        return ""
+    names = env.filters if match.group(1) == "filter" else env.tests
+    close = difflib.get_close_matches(match.group(2), sorted(names), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _leaf_where(where: str, path: tuple[Any, ...]) -> str:
+    """``file:line key`` of the tree's root, extended with the leaf's own path."""
+    suffix = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+    return where + suffix
 
 
 def compile_value(value: Any, where: str, path: tuple[Any, ...] = (),
@@ -436,7 +465,7 @@ def compile_value(value: Any, where: str, path: tuple[Any, ...] = (),
     """Compile a whole value tree; raise :class:`TemplateCompileError` with the inner path."""
     if isinstance(value, str):
         try:
-            return compile_string(value, where, env)
+            return compile_string(value, _leaf_where(where, path), env)
         except TemplateCompileError as exc:
             raise TemplateCompileError(path, exc.message) from exc
     if isinstance(value, dict):

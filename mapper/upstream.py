@@ -14,13 +14,15 @@ import email.utils
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
 
 from .budget import Deadline
 from .errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
@@ -54,7 +56,7 @@ class Inbound:
     """The CRM's answer: status, headers, and the body as JSON (or text when not JSON)."""
 
     status: int
-    headers: dict[str, str]
+    headers: Mapping[str, str]  # case-insensitive, as HTTP header names are
     body: Any
     text: str
     seconds: float
@@ -162,7 +164,8 @@ class Client:
                 f"waiting to answer Khoros in time. Check that the CRM is up and responsive.",
                 internal=type(exc).__name__) from exc
         except requests.ConnectionError as exc:
-            host = urlsplit(outbound.url).netloc
+            parts = urlsplit(outbound.url)  # host and port only: the netloc may carry user:password
+            host = f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
             raise UpstreamUnavailable(
                 f"Could not connect to the CRM at {host} for {outbound.describe()}. Check that the CRM "
                 f"is running and that the mapping's base URL is right.", internal=type(exc).__name__) from exc
@@ -170,22 +173,34 @@ class Client:
             raise UpstreamError(f"The CRM call {outbound.describe()} failed: {type(exc).__name__}.") from exc
         seconds = time.monotonic() - started
         text = raw.decode(response.encoding or "utf-8", errors="replace")
-        answer = Inbound(response.status_code, dict(response.headers), _parse(text), text, seconds)
+        answer = Inbound(response.status_code, CaseInsensitiveDict(response.headers), _parse(text), text, seconds)
         log.debug("CRM %s -> %s in %.3fs", outbound.describe(), answer.status, seconds)
         return answer
 
     def _read_body(self, response: requests.Response, outbound: Outbound, deadline: Deadline) -> bytes:
+        raw = response.raw
+        if raw.chunked and raw.supports_chunked_reads():
+            pieces: Iterator[bytes] = raw.read_chunked(CHUNK, decode_content=True)
+        else:
+            # read1 returns what one socket read brings; read(CHUNK) would wait for CHUNK bytes
+            # (or the end), so a CRM dripping a Content-Length body would never meet the deadline check.
+            pieces = iter(lambda: raw.read1(CHUNK, decode_content=True), b"")
         chunks: list[bytes] = []
         size = 0
-        for chunk in response.iter_content(CHUNK):
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise UpstreamError(
-                    f"The CRM answered {outbound.describe()} with more than {self.max_body_bytes} bytes; "
-                    f"raise connection.max_response_bytes in the mapping if that is expected.")
-            if deadline.expired():
-                raise requests.Timeout("body not complete before the deadline")
-            chunks.append(chunk)
+        try:
+            for chunk in pieces:
+                size += len(chunk)
+                if size > self.max_body_bytes:
+                    raise UpstreamError(
+                        f"The CRM answered {outbound.describe()} with more than {self.max_body_bytes} bytes; "
+                        f"raise connection.max_response_bytes in the mapping if that is expected.")
+                if deadline.expired():
+                    raise requests.Timeout("body not complete before the deadline")
+                chunks.append(chunk)
+        except urllib3.exceptions.ReadTimeoutError as exc:  # a stall mid-body is a timeout, not a refusal
+            raise requests.Timeout(str(exc)) from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise requests.ConnectionError(str(exc)) from exc
         return b"".join(chunks)
 
 
