@@ -486,13 +486,17 @@ class Compiler:
         req_scope = scope | ({"page"} if paginate else set())
         spec = RequestSpec(
             method=req["method"],
-            path=self.value(req["path"], rpath + ("path",), req_scope, body_fields, path_env=True),
+            path=self.value(req["path"], rpath + ("path",), req_scope, body_fields, path_env=True)
+            if "path" in req else None,
+            url=self.value(req["url"], rpath + ("url",), req_scope, body_fields) if "url" in req else None,
             query=self.value(req["query"], rpath + ("query",), req_scope, body_fields) if "query" in req else None,
             headers=self.value(req["headers"], rpath + ("headers",), req_scope, body_fields)
             if "headers" in req else None,
             body=self.value(req["body"], rpath + ("body",), req_scope, body_fields) if "body" in req else None,
             form=self.value(req["form"], rpath + ("form",), req_scope, body_fields) if "form" in req else None,
         )
+        if ("path" in req) == ("url" in req):
+            self.problem(rpath, "give exactly one of 'path' (encoded) or 'url' (a link from the CRM, verbatim)")
         if "body" in req and "form" in req:
             self.problem(rpath, "give either 'body' (JSON) or 'form', not both")
         answer_scope = scope | ANSWER_NAMES

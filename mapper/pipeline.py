@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 from jsonpath_ng import JSONPath
 
@@ -120,11 +120,12 @@ class ErrorRule:
 @dataclass
 class RequestSpec:
     method: str
-    path: Compiled
+    path: Compiled | None
     query: Compiled | None = None
     headers: Compiled | None = None
     body: Compiled | None = None
     form: Compiled | None = None
+    url: Compiled | None = None  # a link from the CRM, used verbatim but kept on the CRM's host
 
 
 @dataclass
@@ -196,8 +197,12 @@ class RequestStep(Step):
 
     def _render(self, run: Run, scope: dict[str, Any]) -> Outbound:
         spec = self.request
-        path = str(spec.path.evaluate(scope))
-        url = path if path.startswith(("http://", "https://")) else urljoin(run.base_url + "/", path.lstrip("/"))
+        if spec.url is not None:
+            url = _same_host_url(str(spec.url.evaluate(scope)), run.base_url, self.where)
+        else:
+            assert spec.path is not None
+            path = str(spec.path.evaluate(scope))
+            url = urljoin(run.base_url + "/", path.lstrip("/"))
         outbound = Outbound(spec.method, url, headers=dict(run.default_headers))
         if spec.headers is not None:
             outbound.headers.update({k: str(v) for k, v in spec.headers.evaluate(scope).items()})
@@ -232,6 +237,20 @@ class RequestStep(Step):
             message = (f"The CRM answered HTTP {answer.status} to {outbound.describe()} "
                        f"(step '{self.name}'), which the mapping does not handle.")
         raise UpstreamError(message, code="crm_error", internal=internal)
+
+
+def _same_host_url(link: str, base_url: str, where: Where) -> str:
+    """A link from the CRM (``/next/page`` or ``https://crm/next``), refused if it would
+    take the request, and the CRM credentials with it, to another host."""
+    base = urlsplit(base_url)
+    target = urlsplit(link)
+    if not target.scheme and link.startswith("/") and not link.startswith("//"):
+        return f"{base.scheme}://{base.netloc}{link}"
+    if target.scheme in ("http", "https") and target.netloc == base.netloc:
+        return link
+    raise MappingRuntimeError(
+        f"The request URL built at {where} is not on the CRM's host; the engine only sends "
+        "requests (and credentials) to the host of connection.base_url.")
 
 
 def _query_text(value: Any) -> str:
