@@ -247,9 +247,10 @@ def _path_finalize(value: Any) -> Any:
     """Every value printed into a URL path is percent-encoded, so ``../`` or ``?``
     from Khoros or the CRM can never change which URL is called."""
     encoded = _urlencode_part(value)
-    if encoded in (".", ".."):
-        # Not names but moves: requests sends '%2E' as '.', and URL libraries and servers resolve them.
-        raise ValueError(f"a value printed into a URL path cannot be '{encoded}'")
+    if encoded in ("", ".", ".."):
+        # '.' and '..' are moves, not names (requests sends '%2E' as '.'), and an empty
+        # segment is dropped by URL joining: each would call a different URL than intended.
+        raise ValueError(f"a value printed into a URL path cannot be {repr(encoded) if encoded else 'empty'}")
     return encoded
 
 

@@ -1,0 +1,191 @@
+"""Load-time checks: a mapping either compiles or lists every problem with its line.
+
+The examples drive the tests. Every shipped mapping (``mappings/*.yaml``) and
+every file in ``tests/mappings/good/`` must compile. Every file in
+``tests/mappings/bad/`` must fail, and says how in its own header comments:
+
+    # expect: <a substring of one reported problem>     (one or more)
+    # line: <the line the first expected problem names> (optional)
+    # problems: <how many problems in all>              (optional)
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from dataclasses import dataclass
+
+import jsonschema
+import pytest
+
+from mapper.compiler import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, MAPPING_SCHEMA, compile_document, compile_file
+from mapper.errors import ConfigError
+from mapper.khoros import OPERATIONS
+from mapper.source import load_source
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED = sorted(glob.glob(os.path.join(ROOT, "mappings", "*.yaml")))
+GOOD = sorted(glob.glob(os.path.join(ROOT, "tests", "mappings", "good", "*.yaml")))
+BAD = sorted(glob.glob(os.path.join(ROOT, "tests", "mappings", "bad", "*.yaml")))
+MINIMAL = os.path.join(ROOT, "tests", "mappings", "good", "minimal.yaml")
+
+
+@dataclass
+class Expectation:
+    substrings: list[str]
+    line: int | None
+    count: int | None
+
+
+def expectation(path: str) -> Expectation:
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    line = re.search(r"^# line: (\d+)$", text, re.M)
+    count = re.search(r"^# problems: (\d+)$", text, re.M)
+    return Expectation(re.findall(r"^# expect: (.+)$", text, re.M),
+                       int(line.group(1)) if line else None, int(count.group(1)) if count else None)
+
+
+def name_of(path: str) -> str:
+    return os.path.basename(path)
+
+
+def test_there_are_example_files_on_both_sides():
+    assert SHIPPED and GOOD
+    assert len(BAD) >= 20
+    for path in BAD:
+        assert expectation(path).substrings, f"{path} has no '# expect:' line"
+
+
+@pytest.mark.parametrize("path", SHIPPED + GOOD, ids=name_of)
+def test_every_shipped_and_good_mapping_compiles(path):
+    mapping = compile_file(path)
+    assert set(mapping.operations) == {op.name for op in OPERATIONS}
+
+
+@pytest.mark.parametrize("path", BAD, ids=name_of)
+def test_every_bad_mapping_is_refused_with_the_expected_problems(path):
+    wanted = expectation(path)
+    with pytest.raises(ConfigError) as caught:
+        compile_file(path)
+    problems = caught.value.problems
+    rendered = [str(p) for p in problems]
+    for substring in wanted.substrings:
+        assert any(substring in line for line in rendered), f"{substring!r} not in {rendered}"
+    for problem in problems:
+        assert problem.file == path
+        assert str(problem).startswith(f"{path}:{problem.line}: ")
+    if wanted.line is not None:
+        first = next(p for p in problems if wanted.substrings[0] in str(p))
+        assert first.line == wanted.line, rendered
+    if wanted.count is not None:
+        assert len(problems) == wanted.count, rendered
+
+
+def test_a_config_error_prints_one_problem_per_line_in_line_order():
+    path = os.path.join(ROOT, "tests", "mappings", "bad", "three-problems.yaml")
+    with pytest.raises(ConfigError) as caught:
+        compile_file(path)
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 3
+    numbers = [int(line.split(":")[1]) for line in lines]
+    assert numbers == sorted(numbers)
+
+
+# --- checks that need a little more than a substring -------------------------------------
+
+def minimal_with(old: str, new: str) -> str:
+    with open(MINIMAL, encoding="utf-8") as handle:
+        text = handle.read()
+    assert text.count(old) == 1, old
+    return text.replace(old, new)
+
+
+def problems_of(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        compile_document(load_source("m.yaml", text))
+    return [str(p) for p in caught.value.problems]
+
+
+def compiles(text: str):
+    return compile_document(load_source("m.yaml", text))
+
+
+def test_the_mapping_schema_is_itself_a_valid_json_schema():
+    jsonschema.Draft202012Validator.check_schema(MAPPING_SCHEMA)
+
+
+def test_defaults_are_the_documented_ones():
+    mapping = compile_file(MINIMAL)
+    assert mapping.timeout == DEFAULT_TIMEOUT
+    assert mapping.max_response_bytes == DEFAULT_MAX_BYTES
+    assert mapping.retry_429 == 2
+    assert mapping.auth_kind == "none"
+
+
+def test_unsupported_operations_keep_their_reason():
+    mapping = compile_file(MINIMAL)
+    assert mapping.operations["search_customers"].unsupported == "search is not offered by this CRM"
+    assert mapping.operations["get_customer"].unsupported is None
+
+
+def test_error_rules_read_exact_statuses_and_status_classes():
+    mapping = compiles(minimal_with('{status: 404, error: not_found, message: "No customer {{ id }}"}',
+                                    '{status: [404, 410, "5xx"], error: not_found, message: "No customer {{ id }}"}'))
+    [rule] = mapping.operations["get_customer"].steps[0].errors
+    assert rule.statuses == {404, 410}
+    assert rule.status_classes == {5}
+
+
+def test_a_value_defined_by_a_step_is_visible_to_later_steps_only():
+    text = minimal_with('    result: "{{ customer }}"',
+                        '      - set: {label: "{{ customer.name }}"}\n'
+                        '    result: "{{ customer | merge({\'l\': label}) }}"')
+    assert compiles(text).operations["get_customer"].result is not None
+
+
+def test_for_each_item_names_stay_inside_the_loop():
+    text = minimal_with('    result: "{{ customer }}"',
+                        '      - for_each: "{{ customer.tags }}"\n'
+                        '        as: tag\n'
+                        '        steps:\n'
+                        '          - set: {upper: "{{ tag | upper }}"}\n'
+                        '        collect: {uppers: "{{ upper }}"}\n'
+                        '    result: "{{ customer | merge({\'tags\': uppers, \'last\': tag}) }}"')
+    assert problems_of(text) == ["m.yaml:39: operations.get_customer.result: unknown value 'tag'"]
+
+
+def test_paginate_makes_page_visible_to_the_request_and_into_to_later_steps():
+    text = minimal_with('''      - request: {method: GET, path: "/people/{{ id }}"}
+        errors:
+          - {status: 404, error: not_found, message: "No customer {{ id }}"}
+        extract: {customer: "$"}
+    result: "{{ customer }}"''', '''      - request: {method: GET, path: "/people", query: {after: "{{ page.cursor }}"}}
+        paginate:
+          items: "$.results[*]"
+          into: everyone
+          while: "{{ response.next is not none }}"
+          cursor: "{{ response.next }}"
+    result: "{{ everyone | first }}"''')
+    step = compiles(text).operations["get_customer"].steps[0]
+    assert step.paginate.into == "everyone"
+    assert step.paginate.max_pages == 10
+
+
+def test_answer_names_are_only_visible_where_there_is_an_answer():
+    text = minimal_with('    result: "{{ customer }}"', '    result: "{{ response }}"')
+    assert problems_of(text) == ["m.yaml:34: operations.get_customer.result: unknown value 'response'"]
+
+
+def test_live_model_steps_and_fields_are_checked_like_operations():
+    text = minimal_with('''  case:
+    fields:''', '''  case:
+    live:
+      steps:
+        - request: {method: GET, path: /ticket_fields}
+          extract: {crm_fields: {path: "$.fields[*]", many: true}}
+      fields: {$map: "{{ crm_field }}", $to: {name: "{{ item.key }}", label: "{{ item.title }}", type: text}}
+    fields:''')
+    assert problems_of(text) == [
+        "m.yaml:19: model.case.live.fields.$map: unknown value 'crm_field' (did you mean 'crm_fields'?)"]

@@ -1,0 +1,88 @@
+"""Logging: one line per event, and secrets replaced by ``***`` wherever they appear.
+
+Secrets can reach a log through an upstream body that echoes a token, or a
+traceback; the redacting filter sits on the handler so it covers both.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from mapper.logs import REDACTED, RedactSecrets, configure
+
+SECRET = "tok-9f8e7d6c5b4a"
+
+
+@pytest.fixture
+def stream() -> Iterator[io.StringIO]:
+    buffer = io.StringIO()
+    yield buffer
+    logger = logging.getLogger("mapper")
+    for handler in list(logger.handlers):
+        if getattr(handler, "_mapper_handler", False):
+            logger.removeHandler(handler)
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
+
+
+def test_secrets_in_messages_and_arguments_are_redacted(stream):
+    configure("INFO", [SECRET], stream=stream)
+    log = logging.getLogger("mapper.test")
+    log.info("calling with %s", SECRET)
+    log.warning(f"crm said: bad token {SECRET}!")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[0].endswith("INFO mapper.test calling with ***")
+    assert lines[1].endswith(f"crm said: bad token {REDACTED}!")
+    assert SECRET not in stream.getvalue()
+
+
+def test_secrets_in_tracebacks_are_redacted(stream):
+    configure("INFO", [SECRET], stream=stream)
+    try:
+        raise ValueError(f"failed with {SECRET}")
+    except ValueError:
+        logging.getLogger("mapper.test").exception("boom")
+    text = stream.getvalue()
+    assert "ValueError: failed with ***" in text
+    assert SECRET not in text
+
+
+def test_secrets_added_later_are_redacted_too(stream):
+    redactor = configure("INFO", [], stream=stream)
+    redactor.add(["oauth-token-abcdef"])
+    logging.getLogger("mapper.test").info("Bearer oauth-token-abcdef")
+    assert stream.getvalue().rstrip().endswith("Bearer ***")
+
+
+def test_the_longest_secret_is_redacted_first():
+    redactor = RedactSecrets(["abcdef", "abcdef-123456"])
+    record = logging.LogRecord("mapper", logging.INFO, __file__, 1, "key abcdef-123456", None, None)
+    redactor.filter(record)
+    assert record.getMessage() == "key ***"
+
+
+def test_very_short_values_are_not_treated_as_secrets():
+    redactor = RedactSecrets(["ab", "", "12345"])
+    assert redactor.secrets == []
+
+
+def test_configuring_twice_keeps_one_handler(stream):
+    configure("INFO", [], stream=io.StringIO())
+    configure("INFO", [], stream=stream)
+    logging.getLogger("mapper.test").info("once")
+    assert stream.getvalue().count("once") == 1
+    handlers = [h for h in logging.getLogger("mapper").handlers if getattr(h, "_mapper_handler", False)]
+    assert len(handlers) == 1
+
+
+def test_the_level_is_respected(stream):
+    configure("WARNING", [], stream=stream)
+    logging.getLogger("mapper.test").info("quiet")
+    logging.getLogger("mapper.test").warning("loud")
+    assert "quiet" not in stream.getvalue()
+    assert "loud" in stream.getvalue()

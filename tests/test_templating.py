@@ -1,0 +1,312 @@
+"""Value trees: YAML structure with Jinja leaves, evaluated in a sandbox.
+
+The contract: types survive a lone ``{{ expression }}``; other templates
+render text; ``omit`` removes keys and list items; ``$map`` turns lists into
+lists; the sandbox refuses Python internals; a missing value is an error
+naming the mapping line, never an empty string; values printed into URL
+paths are percent-encoded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from mapper.errors import MappingRuntimeError
+from mapper.templating import (
+    OMIT,
+    PATH_ENV,
+    Expression,
+    Literal,
+    TemplateCompileError,
+    Text,
+    compile_value,
+    iter_templates,
+)
+
+WHERE = "m.yaml:7 operations.get_customer.result"
+
+
+def ev(value: Any, **context: Any) -> Any:
+    return compile_value(value, WHERE).evaluate(context)
+
+
+# --- types survive -----------------------------------------------------------
+
+@pytest.mark.parametrize(("template", "context", "expected"), [
+    ("{{ x }}", {"x": "478"}, "478"),
+    ("{{ x }}", {"x": 478}, 478),
+    ("{{ x }}", {"x": ["a", "b"]}, ["a", "b"]),
+    ("{{ x }}", {"x": {"k": [1]}}, {"k": [1]}),
+    ("{{ x }}", {"x": True}, True),
+    ("{{ none }}", {}, None),
+    ("  {{ x }}  ", {"x": 1.5}, 1.5),
+    ("{{ x | default(none) }}", {}, None),
+])
+def test_a_lone_expression_keeps_the_type_of_its_value(template, context, expected):
+    result = ev(template, **context)
+    assert result == expected
+    assert type(result) is type(expected)
+
+
+def test_a_lone_expression_compiles_to_an_expression_and_text_to_text():
+    assert isinstance(compile_value("{{ x }}", WHERE), Expression)
+    assert isinstance(compile_value("id {{ x }}", WHERE), Text)
+    assert isinstance(compile_value("{{ a }}{{ b }}", WHERE), Text)
+    assert compile_value("plain", WHERE) == Literal("plain")
+
+
+@pytest.mark.parametrize(("template", "context", "expected"), [
+    ("id {{ x }}", {"x": 478}, "id 478"),
+    ("{{ a }}{{ b }}", {"a": 4, "b": 78}, "478"),
+    ("{{ first }} {{ last }}", {"first": "Jane", "last": "Doe"}, "Jane Doe"),
+    ("{% if vip %}gold{% else %}none{% endif %}", {"vip": True}, "gold"),
+])
+def test_any_other_template_renders_text(template, context, expected):
+    assert ev(template, **context) == expected
+
+
+@pytest.mark.parametrize("literal", [478, 1.5, True, None, "no template here", "50% {off}"])
+def test_literals_are_returned_as_they_are(literal):
+    assert ev(literal) == literal
+
+
+def test_structures_are_built_item_by_item():
+    tree = {"name": "{{ c.name }}", "tags": ["x", "{{ c.tag }}"], "count": 3,
+            "nested": {"id": "{{ c.id }}"}}
+    assert ev(tree, c={"name": "Jane", "tag": "vip", "id": "478"}) == {
+        "name": "Jane", "tags": ["x", "vip"], "count": 3, "nested": {"id": "478"}}
+
+
+# --- omit ----------------------------------------------------------------------
+
+def test_omit_drops_a_dict_key():
+    tree = {"email": "{{ body.email | default(omit) }}", "phone": "{{ body.phone | default(omit) }}"}
+    assert ev(tree, body={"email": "j@example.com"}) == {"email": "j@example.com"}
+
+
+def test_omit_drops_a_list_item():
+    assert ev(["{{ a | default(omit) }}", "{{ b }}"], b=2) == [2]
+
+
+def test_omit_at_the_top_is_the_omit_sentinel():
+    assert ev("{{ omit }}") is OMIT
+    assert not OMIT
+
+
+# --- $map ----------------------------------------------------------------------------
+
+def test_map_builds_one_item_per_input_item():
+    tree = {"$map": "{{ rows }}", "$as": "row", "$to": {"id": "{{ row.id | string }}", "at": "{{ index }}"}}
+    assert ev(tree, rows=[{"id": 1}, {"id": 2}]) == [{"id": "1", "at": 0}, {"id": "2", "at": 1}]
+
+
+def test_map_defaults_to_item_and_to_the_item_itself():
+    assert ev({"$map": "{{ rows }}"}, rows=[1, 2]) == [1, 2]
+    assert ev({"$map": "{{ rows }}", "$to": "{{ item * 10 }}"}, rows=[1, 2]) == [10, 20]
+
+
+def test_map_where_keeps_only_matching_items():
+    tree = {"$map": "{{ rows }}", "$as": "r", "$where": "{{ r.open }}", "$to": "{{ r.id }}"}
+    assert ev(tree, rows=[{"id": 1, "open": True}, {"id": 2, "open": False}, {"id": 3, "open": True}]) == [1, 3]
+
+
+def test_map_to_omit_drops_that_item():
+    tree = {"$map": "{{ rows }}", "$to": "{{ item.email | default(omit) }}"}
+    assert ev(tree, rows=[{"email": "a@x.io"}, {}, {"email": "b@x.io"}]) == ["a@x.io", "b@x.io"]
+
+
+def test_map_over_omit_drops_the_key_that_holds_it():
+    tree = {"id": "1", "interactions": {"$map": "{{ record.interactions | default(omit) }}", "$to": "{{ item }}"}}
+    assert ev(tree, record={}) == {"id": "1"}
+    assert ev(tree, record={"interactions": [{"b": 1}]}) == {"id": "1", "interactions": [{"b": 1}]}
+
+
+def test_map_over_none_is_an_empty_list_and_over_a_dict_is_key_value_pairs():
+    assert ev({"$map": "{{ none }}"}) == []
+    assert ev({"$map": "{{ d }}", "$to": "{{ item.key }}={{ item.value }}"}, d={"a": 1}) == ["a=1"]
+
+
+def test_map_over_something_that_is_not_a_list_names_the_place():
+    with pytest.raises(MappingRuntimeError, match=r"expected a list at m\.yaml:7"):
+        ev({"$map": "{{ n }}"}, n=5)
+
+
+def test_map_with_an_unknown_key_does_not_compile():
+    with pytest.raises(TemplateCompileError) as caught:
+        compile_value({"$map": "{{ rows }}", "$too": "{{ item }}"}, WHERE)
+    assert caught.value.path == ("$too",)
+
+
+def test_map_as_must_be_a_plain_name():
+    with pytest.raises(TemplateCompileError) as caught:
+        compile_value({"tags": {"$map": "{{ rows }}", "$as": "a.b"}}, WHERE)
+    assert caught.value.path == ("tags", "$as")
+
+
+# --- the sandbox and strict undefined ---------------------------------------------------
+
+@pytest.mark.parametrize("template", [
+    "{{ x.__class__ }}",
+    "{{ x.__class__.__mro__ }}",
+    "{{ omit._instance }}",
+    "{{ x.__init__.__globals__ }}",
+    "text {{ x.__class__ }}",
+])
+def test_the_sandbox_refuses_private_attributes_at_run_time(template):
+    with pytest.raises(MappingRuntimeError) as caught:
+        ev(template, x="s")
+    assert "unsafe" in caught.value.message
+    assert WHERE in caught.value.message
+
+
+def test_the_sandbox_refuses_to_mutate_values():
+    with pytest.raises(MappingRuntimeError):
+        ev("{{ items.append(1) }}", items=[])
+
+
+@pytest.mark.parametrize("template", ["{{ contact.email }}", "Hello {{ contact }}", "{{ contact | string }}"])
+def test_a_missing_value_is_an_error_naming_the_place_and_the_name(template):
+    with pytest.raises(MappingRuntimeError) as caught:
+        ev(template)
+    assert "'contact' is undefined" in caught.value.message
+    assert WHERE in caught.value.message
+
+
+def test_a_missing_key_of_a_present_value_is_an_error_too():
+    with pytest.raises(MappingRuntimeError, match="has no attribute 'email'"):
+        ev("{{ contact.email }}", contact={})
+
+
+def test_errors_never_show_the_values_in_the_context():
+    with pytest.raises(MappingRuntimeError) as caught:
+        ev("{{ token.missing }}", token={"value": "s3cr3t-value"})
+    assert "s3cr3t-value" not in caught.value.message
+
+
+def test_a_template_that_does_not_parse_is_a_compile_error_with_its_inner_path():
+    with pytest.raises(TemplateCompileError) as caught:
+        compile_value({"a": ["ok", "{{ x + }}"]}, WHERE)
+    assert caught.value.path == ("a", 1)
+    assert "does not compile" in caught.value.message
+
+
+def test_names_lists_the_top_level_values_a_tree_reads():
+    tree = compile_value({"a": "{{ body.email }}", "b": {"$map": "{{ rows }}", "$as": "r",
+                                                          "$to": "{{ r.id }} {{ settings.x }}"}}, WHERE)
+    assert tree.names() == {"body", "rows", "settings"}
+    assert len(list(iter_templates(tree))) == 3
+
+
+# --- filters ------------------------------------------------------------------------
+
+def test_merge_puts_later_keys_over_earlier_ones_without_changing_inputs():
+    body = {"a": 1, "b": 2}
+    assert ev("{{ body | merge({'b': 3}, {'c': 4}) }}", body=body) == {"a": 1, "b": 3, "c": 4}
+    assert body == {"a": 1, "b": 2}
+    assert ev("{{ none | merge({'b': 3}) }}") == {"b": 3}
+
+
+def test_without_and_only_copy_a_dict_with_fewer_keys():
+    body = {"title": "t", "interactions": [], "priority": "high"}
+    assert ev("{{ body | without('interactions') }}", body=body) == {"title": "t", "priority": "high"}
+    assert ev("{{ body | only('title', 'missing') }}", body=body) == {"title": "t"}
+
+
+def test_rename_keys_renames_listed_keys_and_keeps_the_rest():
+    assert ev("{{ body | rename_keys({'firstName': 'first_name'}) }}",
+              body={"firstName": "Jane", "email": "j@x.io"}) == {"first_name": "Jane", "email": "j@x.io"}
+
+
+@pytest.mark.parametrize(("value", "expected"), [("+44 (20) 7946-0001", "442079460001"), (None, ""), (42, "42")])
+def test_digits_keeps_only_digits(value, expected):
+    assert ev("{{ v | digits }}", v=value) == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("2017-08-07T14:09:00Z", "2017-08-07T14:09:00Z"),
+    ("2017-08-07T16:09:00+02:00", "2017-08-07T14:09:00Z"),
+    ("2017-08-07T09:09:00-0500", "2017-08-07T14:09:00Z"),
+    ("2017-08-07T14:09:00", "2017-08-07T14:09:00Z"),
+    ("2017-08-07T14:09:00.123456Z", "2017-08-07T14:09:00Z"),
+    (1502114940, "2017-08-07T14:09:00Z"),
+    (1502114940000, "2017-08-07T14:09:00Z"),
+    (1502114940.5, "2017-08-07T14:09:00Z"),
+    ("1502114940000", "2017-08-07T14:09:00Z"),
+    (None, None),
+    ("", None),
+])
+def test_isodate_normalises_to_utc_with_z(value, expected):
+    assert ev("{{ v | isodate }}", v=value) == expected
+
+
+def test_isodate_on_something_that_is_not_a_date_is_a_mapping_error():
+    with pytest.raises(MappingRuntimeError, match="not an ISO-8601 date"):
+        ev("{{ v | isodate }}", v="last tuesday")
+
+
+def test_fromjson_parses_json_kept_in_a_text_field():
+    assert ev("{{ v | fromjson }}", v='{"a": [1, "2"]}') == {"a": [1, "2"]}
+    assert ev("{{ v | fromjson }}", v="") is None
+    with pytest.raises(MappingRuntimeError):
+        ev("{{ v | fromjson }}", v="{not json")
+
+
+def test_backslash_escape_escapes_quotes_and_backslashes():
+    assert ev("{{ v | backslash_escape }}", v="O'Brien \"x\" \\") == "O\\'Brien \\\"x\\\" \\\\"
+    assert ev("{{ v | backslash_escape(':') }}", v="a:b'") == "a\\:b'"
+    assert ev("{{ v | backslash_escape }}", v=None) == ""
+
+
+def test_quote_literal_makes_one_literal_whatever_it_contains():
+    assert ev("{{ v | quote_literal }}", v='say "hi" \\o/') == '"say \\"hi\\" \\\\o/"'
+    assert ev("{{ v | quote_literal(\"'\", \"'\") }}", v="O'Brien") == "'O''Brien'"
+
+
+def test_urlencode_part_encodes_everything_that_could_change_a_url():
+    assert ev("{{ v | urlencode_part }}", v="a b/c?d=e&f#g") == "a%20b%2Fc%3Fd%3De%26f%23g"
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, []), ([1, 2], [1, 2]), ("x", ["x"]), (0, [0])])
+def test_as_list_makes_a_list_of_anything(value, expected):
+    assert ev("{{ v | as_list }}", v=value) == expected
+
+
+# --- URL paths -------------------------------------------------------------------------
+
+def path(template: str, **context: Any) -> str:
+    return str(compile_value(template, WHERE, env=PATH_ENV).evaluate(context))
+
+
+def test_values_in_path_templates_are_percent_encoded():
+    assert path("/customers/{{ id }}/cases", id="../x?y") == "/customers/..%2Fx%3Fy/cases"
+    assert path("/customers/{{ id }}", id="a b#c") == "/customers/a%20b%23c"
+    assert path("/customers/{{ id }}", id=42) == "/customers/42"
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    (".", "cannot be '.'"), ("..", "cannot be '..'"), ("", "cannot be empty"), (None, "cannot be empty"),
+])
+def test_a_value_that_would_move_or_vanish_from_its_path_segment_is_refused(value, problem):
+    # '/customers/../cases' would call '/cases'; '/customers//cases' is joined to '/customers/cases'.
+    with pytest.raises(MappingRuntimeError) as caught:
+        path("/customers/{{ id }}/cases", id=value)
+    assert problem in caught.value.message
+    assert WHERE in caught.value.message
+
+
+def test_a_path_that_is_one_expression_is_encoded_too():
+    assert path("{{ id }}", id="a/b?c") == "a%2Fb%3Fc"
+
+
+def test_the_urlencode_part_filter_leaves_dots_alone():
+    assert ev("{{ v | urlencode_part }}", v="..") == ".."
+
+
+def test_literal_text_of_a_path_template_is_not_encoded():
+    assert path("/api/v2/search?type=contact&q={{ q }}", q="a&b") == "/api/v2/search?type=contact&q=a%26b"
+
+
+def test_path_encoding_does_not_leak_into_other_values():
+    assert ev("/customers/{{ id }}", id="a/b") == "/customers/a/b"

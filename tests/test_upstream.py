@@ -1,0 +1,314 @@
+"""CRM calls over real loopback HTTP: answers, failures and the Khoros budget.
+
+A small Flask CRM serves every behaviour the client must handle: JSON and
+text answers, a hang, a refused port, an oversized body, a slow drip and
+rate limiting. Waits for ``Retry-After`` go through an injected sleep so the
+tests can see them without spending the time.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from flask import Flask, Response, jsonify, request
+
+from mapper.budget import Deadline
+from mapper.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from mapper.upstream import Client, Outbound
+from tests.support.live_server import LiveServer, free_port, serve
+
+
+@dataclass
+class CrmState:
+    hits: list[str] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+    rate_limited: int = 0
+
+
+def crm_app(state: CrmState) -> Flask:
+    app = Flask("fake-crm")
+
+    @app.before_request
+    def count() -> None:
+        state.hits.append(request.path)
+
+    @app.get("/json")
+    def as_json() -> Response:
+        return jsonify({"id": 478, "name": "Jane"})
+
+    @app.get("/text")
+    def as_text() -> Response:
+        return Response("<html>Service Unavailable</html>", status=503, mimetype="text/html")
+
+    @app.get("/empty")
+    def empty() -> Response:
+        return Response(status=204)
+
+    @app.route("/echo", methods=["GET", "POST", "PATCH"])
+    def echo() -> Response:
+        return jsonify({"method": request.method, "args": request.args.to_dict(flat=False),
+                        "json": request.get_json(silent=True), "form": request.form.to_dict(),
+                        "headers": {k: v for k, v in request.headers.items()}})
+
+    @app.get("/hang")
+    def hang() -> Response:
+        state.release.wait(10)  # a CRM that sleeps 10 s (released early when the test ends)
+        return jsonify({"late": True})
+
+    @app.get("/big")
+    def big() -> Response:
+        return Response("x" * 10_000, mimetype="text/plain")
+
+    @app.get("/drip")
+    def drip() -> Response:
+        def slowly() -> Iterator[bytes]:
+            for _ in range(40):
+                if state.release.wait(0.1):
+                    return
+                yield b" "
+        return Response(slowly(), mimetype="text/plain")
+
+    @app.get("/drip-sized")
+    def drip_sized() -> Response:
+        def slowly() -> Iterator[bytes]:
+            for _ in range(40):
+                if state.release.wait(0.1):
+                    return
+                yield b" "
+        return Response(slowly(), mimetype="text/plain", headers={"Content-Length": "40"})
+
+    @app.get("/stall")
+    def stall() -> Response:
+        def then_nothing() -> Iterator[bytes]:
+            yield b'{"partial": '
+            state.release.wait(10)
+        return Response(then_nothing(), mimetype="application/json", headers={"Content-Length": "100"})
+
+    @app.get("/gzip")
+    def gzipped() -> Response:
+        body = gzip.compress(json.dumps({"zipped": True}).encode())
+        return Response(body, mimetype="application/json", headers={"Content-Encoding": "gzip"})
+
+    @app.get("/limited")
+    def limited() -> Response:
+        if state.rate_limited > 0:
+            state.rate_limited -= 1
+            return Response("slow down", status=429, headers={"Retry-After": "1"})
+        return jsonify({"ok": True})
+
+    @app.get("/redirect")
+    def redirect() -> Response:
+        return Response(status=302, headers={"Location": "/json"})
+
+    return app
+
+
+@pytest.fixture
+def state() -> CrmState:
+    return CrmState()
+
+
+@pytest.fixture
+def crm(state: CrmState) -> Iterator[LiveServer]:
+    with serve(crm_app(state)) as live:
+        try:
+            yield live
+        finally:
+            state.release.set()
+
+
+@dataclass
+class Sleeps:
+    """An injected sleep that records the wait instead of spending it."""
+
+    waits: list[float] = field(default_factory=list)
+
+    def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+@pytest.fixture
+def sleeps() -> Sleeps:
+    return Sleeps()
+
+
+@pytest.fixture
+def client(sleeps: Sleeps) -> Iterator[Client]:
+    client = Client(call_timeout=5.0, max_body_bytes=4096, sleep=sleeps)
+    yield client
+    client.close()
+
+
+def get(crm: LiveServer, path: str, **kwargs: Any) -> Outbound:
+    return Outbound("GET", crm.url + path, **kwargs)
+
+
+# --- answers ------------------------------------------------------------------------------
+
+def test_a_json_answer_is_parsed(client, crm):
+    answer = client.send(get(crm, "/json"), Deadline(8))
+    assert (answer.status, answer.body, answer.ok) == (200, {"id": 478, "name": "Jane"}, True)
+    assert answer.headers["Content-Type"] == "application/json"
+
+
+def test_a_text_answer_stays_text(client, crm):
+    answer = client.send(get(crm, "/text"), Deadline(8))
+    assert answer.status == 503
+    assert not answer.ok
+    assert answer.body == "<html>Service Unavailable</html>"
+    assert answer.text == answer.body
+
+
+def test_an_empty_answer_has_no_body(client, crm):
+    answer = client.send(get(crm, "/empty"), Deadline(8))
+    assert (answer.status, answer.body) == (204, None)
+
+
+def test_query_headers_json_and_form_reach_the_crm(client, crm):
+    answer = client.send(Outbound("POST", crm.url + "/echo", params=[("tag", "a"), ("tag", "b")],
+                                  headers={"X-Api": "v2"}, json_body={"name": "Jane", "n": 1},
+                                  has_json_body=True), Deadline(8))
+    assert answer.body["args"] == {"tag": ["a", "b"]}
+    assert answer.body["json"] == {"name": "Jane", "n": 1}
+    assert answer.body["headers"]["X-Api"] == "v2"
+    form = client.send(Outbound("POST", crm.url + "/echo", form={"grant_type": "x"}), Deadline(8))
+    assert form.body["form"] == {"grant_type": "x"}
+
+
+def test_an_empty_json_body_is_still_sent_as_json(client, crm):
+    answer = client.send(Outbound("PATCH", crm.url + "/echo", json_body=[], has_json_body=True), Deadline(8))
+    assert answer.body["json"] == []
+
+
+def test_redirects_are_answers_not_followed(client, crm, state):
+    answer = client.send(get(crm, "/redirect"), Deadline(8))
+    assert answer.status == 302
+    assert state.hits == ["/redirect"]
+
+
+def test_describe_shows_method_and_path_but_no_host_or_query():
+    outbound = Outbound("GET", "https://user:pw@crm.example/api/contacts/?api_key=s3cret")
+    assert outbound.describe() == "GET /api/contacts/"
+
+
+# --- failures -----------------------------------------------------------------------------
+
+def test_a_crm_that_hangs_is_a_timeout_inside_the_deadline(crm):
+    client = Client(call_timeout=20.0, max_body_bytes=4096)
+    deadline = Deadline(1.5)
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout) as caught:
+        client.send(get(crm, "/hang"), deadline)
+    client.close()
+    assert time.monotonic() - started < 1.5
+    assert caught.value.code == "crm_timeout"
+    assert "GET /hang" in caught.value.message
+    assert caught.value.status == 500
+
+
+def test_the_call_timeout_caps_a_call_even_when_the_budget_is_larger(crm):
+    client = Client(call_timeout=0.3, max_body_bytes=4096)
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout):
+        client.send(get(crm, "/hang"), Deadline(8))
+    client.close()
+    assert time.monotonic() - started < 2.0
+
+
+def test_a_crm_that_drips_its_body_cannot_hold_us_past_the_deadline(crm):
+    client = Client(call_timeout=5.0, max_body_bytes=4096)
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout):
+        client.send(get(crm, "/drip"), Deadline(1.5))
+    client.close()
+    assert time.monotonic() - started < 2.5
+
+
+def test_a_crm_that_drips_a_sized_body_cannot_hold_us_past_the_deadline(crm):
+    client = Client(call_timeout=5.0, max_body_bytes=4096)
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout):
+        client.send(get(crm, "/drip-sized"), Deadline(1.5))
+    client.close()
+    assert time.monotonic() - started < 2.5
+
+
+def test_a_crm_that_stalls_mid_body_is_a_timeout_not_a_refusal(crm):
+    client = Client(call_timeout=0.5, max_body_bytes=4096)
+    with pytest.raises(UpstreamTimeout):
+        client.send(get(crm, "/stall"), Deadline(8))
+    client.close()
+
+
+def test_a_compressed_answer_is_decoded(client, crm):
+    assert client.send(get(crm, "/gzip"), Deadline(8)).body == {"zipped": True}
+
+
+def test_a_spent_budget_does_not_start_a_call(client, crm, state):
+    with pytest.raises(UpstreamTimeout, match="was not started"):
+        client.send(get(crm, "/json"), Deadline(0.3))
+    assert state.hits == []
+
+
+def test_a_refused_port_is_unavailable_naming_the_host_not_the_query(client):
+    port = free_port()
+    outbound = Outbound("GET", f"http://127.0.0.1:{port}/api/contacts?api_key=s3cret-key",
+                        params=[("token", "other-s3cret")])
+    with pytest.raises(UpstreamUnavailable) as caught:
+        client.send(outbound, Deadline(8))
+    message = caught.value.message
+    assert f"127.0.0.1:{port}" in message
+    assert "GET /api/contacts" in message
+    assert "s3cret" not in message
+    assert caught.value.code == "crm_unavailable"
+
+
+def test_credentials_in_the_base_url_are_not_named_in_messages(client):
+    port = free_port()
+    with pytest.raises(UpstreamUnavailable) as caught:
+        client.send(Outbound("GET", f"http://admin:pa55word@127.0.0.1:{port}/x"), Deadline(8))
+    assert "pa55word" not in caught.value.message
+    assert f"127.0.0.1:{port}" in caught.value.message
+
+
+def test_a_body_larger_than_the_limit_is_an_upstream_error(client, crm):
+    with pytest.raises(UpstreamError) as caught:
+        client.send(get(crm, "/big"), Deadline(8))
+    assert type(caught.value) is UpstreamError
+    assert "more than 4096 bytes" in caught.value.message
+    assert "max_response_bytes" in caught.value.message
+
+
+# --- 429 ------------------------------------------------------------------------------------
+
+def test_a_429_is_retried_after_retry_after_when_it_fits_the_budget(client, crm, state, sleeps):
+    state.rate_limited = 1
+    answer = client.send(get(crm, "/limited"), Deadline(8))
+    assert answer.status == 200
+    assert sleeps.waits == [1.0]
+    assert state.hits == ["/limited", "/limited"]
+
+
+def test_a_429_is_answered_as_is_when_the_wait_does_not_fit_the_budget(client, crm, state, sleeps):
+    state.rate_limited = 1
+    answer = client.send(get(crm, "/limited"), Deadline(1.2))
+    assert answer.status == 429
+    assert sleeps.waits == []
+    assert state.hits == ["/limited"]
+
+
+def test_429_retries_stop_after_the_configured_number(crm, state, sleeps):
+    client = Client(call_timeout=5.0, max_body_bytes=4096, max_429_retries=2, sleep=sleeps)
+    state.rate_limited = 10
+    answer = client.send(get(crm, "/limited"), Deadline(8))
+    client.close()
+    assert answer.status == 429
+    assert sleeps.waits == [1.0, 1.0]
+    assert len(state.hits) == 3
