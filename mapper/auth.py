@@ -122,8 +122,13 @@ class OAuth2(Signer):
         return bool(self._refresh_when.evaluate({"status": answer.status, "response": answer.body,
                                                  "headers": answer.headers}))
 
-    def refresh(self, client: Client, deadline: Deadline) -> None:
+    def refresh(self, client: Client, deadline: Deadline, failed: Outbound | None = None) -> None:
         with self._lock:
+            # Many requests refused at once must not each fetch a token: if the token changed
+            # since the refused request was signed, another request already refreshed it.
+            if failed is not None and self._token is not None \
+                    and failed.headers.get("Authorization") != f"Bearer {self._token}":
+                return
             self._fetch(client, deadline)
 
     def _fetch(self, client: Client, deadline: Deadline) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from .auth import SIGNERS, OAuth2
 from .budget import Deadline
-from .compiler import CompiledMapping, CompiledOperation, Setting, compile_file
+from .compiler import CompiledMapping, CompiledOperation, Setting, compile_document
 from .errors import (
     BadRequest,
     ConfigError,
@@ -45,6 +45,7 @@ from .model import (
 )
 from .pipeline import Run
 from .shaping import Shaper
+from .source import load_source
 from .upstream import Client, Signer
 
 log = logging.getLogger("mapper.engine")
@@ -104,9 +105,8 @@ class Engine:
     def load(cls, path: str, environ: Mapping[str, str] | None = None) -> Engine:
         """Compile ``path`` and bind it to the environment; raise ConfigError listing every problem."""
         environ = os.environ if environ is None else environ
-        mapping = compile_file(path)
-        from .source import load_source  # line numbers for environment problems
-        doc = load_source(path)
+        doc = load_source(path)  # kept: environment problems name their lines too
+        mapping = compile_document(doc)
         setting_lines = {s.name: doc.line_of(("settings", s.name)) for s in mapping.settings}
         secret_lines = {s.name: doc.line_of(("secrets", s.name)) for s in mapping.secrets}
         settings, problems = _resolve(mapping.settings, environ, mapping, "settings", setting_lines)

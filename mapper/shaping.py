@@ -77,7 +77,7 @@ class Shaper:
         if not isinstance(interactions, list):
             raise self._fail("gave 'interactions' that is not a list")
         for item in interactions:
-            missing = [k for k in INTERACTION_REQUIRED if not isinstance(item, dict) or k not in item]
+            missing = [k for k in INTERACTION_REQUIRED if not isinstance(item, dict) or item.get(k) is None]
             if missing:
                 raise self._fail(f"gave an interaction without {', '.join(missing)}")
 

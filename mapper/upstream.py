@@ -76,7 +76,8 @@ class Signer:
         """True when this answer means 'credentials expired': refresh and retry once."""
         return False
 
-    def refresh(self, client: Client, deadline: Deadline) -> None:
+    def refresh(self, client: Client, deadline: Deadline, failed: Outbound | None = None) -> None:
+        """Get new credentials; ``failed`` is the request they were refused for."""
         return None
 
 
@@ -126,7 +127,7 @@ class Client:
             if sign and not refreshed and self.signer.refresh_on(answer):
                 refreshed = True
                 log.info("credentials expired on %s; refreshing once", outbound.describe())
-                self.signer.refresh(self, deadline)
+                self.signer.refresh(self, deadline, attempt)
                 continue
             if answer.status == 429 and rate_limited < self.max_429_retries:
                 wait = _retry_after_seconds(answer.headers.get("Retry-After"))

@@ -459,3 +459,19 @@ def test_case_meta_with_no_good_answer_yet_is_a_500(
     khoros = bridge(uncached_mapping, salesforce_env)
     fake.state.fail_next(503, "<html>down for maintenance</html>")
     assert_khoros_error(khoros.meta("case"), 500, "crm_unavailable")
+
+
+def test_many_calls_refused_at_once_share_one_new_token(
+        bridge: Callable[[str, dict[str, str]], KhorosClient], salesforce_env: dict[str, str],
+        fake: Fake) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    state = fake.state
+    khoros = bridge(MAPPING, salesforce_env)
+    customer = new_customer(khoros, unique())
+    state.expire_tokens()
+    before = state.token_requests
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(lambda _: khoros.get_customer(customer["id"]), range(6)))
+    assert [a.status for a in answers] == [200] * 6
+    assert state.token_requests - before == 1
