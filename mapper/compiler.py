@@ -255,8 +255,10 @@ class Compiler:
 
     def _schema_problem(self, error: jsonschema.ValidationError) -> None:
         path = tuple(error.absolute_path)
+        schema: Any = error.schema  # the subschema that failed (typed loosely by jsonschema)
+        validator_value: Any = error.validator_value
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-            allowed = set(error.schema.get("properties", {}))
+            allowed = set(schema.get("properties", {}) if isinstance(schema, dict) else ())
             for key in sorted(set(error.instance) - allowed):
                 self.problem(path + (key,), f"unknown key '{key}'{suggest(key, allowed)}")
             return
@@ -273,7 +275,7 @@ class Compiler:
 
             def closeness(item: tuple[Any, list[jsonschema.ValidationError]]) -> tuple[int, int, int]:
                 index, subs = item
-                alternative = error.validator_value[index]
+                alternative = validator_value[index]
                 declared = alternative.get("properties", {}) if isinstance(alternative, dict) else {}
                 given = set(error.instance) if isinstance(error.instance, dict) else set()
                 return (max(len(e.absolute_path) for e in subs), len(given & set(declared)),
@@ -286,7 +288,7 @@ class Compiler:
             self.problem(path, f"'{error.instance}' is not a valid name: use letters, digits and '_'")
             return
         if error.validator == "enum":
-            self.problem(path, f"must be one of: {', '.join(map(str, error.validator_value))}")
+            self.problem(path, f"must be one of: {', '.join(map(str, validator_value))}")
             return
         message = error.message
         if len(message) > 200:
