@@ -62,3 +62,13 @@ def test_no_python_in_the_engine_names_a_particular_crm() -> None:
             if CRM_NAMES.search(line):
                 offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert offenders == []
+
+
+def test_no_python_outside_the_tests_names_a_vendor() -> None:
+    vendors = re.compile(r"zendesk|salesforce|hubspot|pipedrive|freshdesk|dynamics", re.IGNORECASE)
+    sources = [*Path(ROOT, "mapper").rglob("*.py"), *Path(ROOT, "democrm").rglob("*.py"), Path(ROOT, "serve.py")]
+    offenders = [f"{path.relative_to(ROOT)}:{number}"
+                 for path in sources
+                 for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                 if vendors.search(line)]
+    assert offenders == []
