@@ -116,6 +116,7 @@ class CompiledMapping:
     timeout: float
     max_response_bytes: int
     retry_429: int
+    retry_429_wait: float | None
     errors: list[ErrorRule]
     models: dict[str, ObjectModel]
     live_models: dict[str, LiveModel]
@@ -336,6 +337,7 @@ class Compiler:
             timeout=float(connection.get("timeout", DEFAULT_TIMEOUT)),
             max_response_bytes=int(connection.get("max_response_bytes", DEFAULT_MAX_BYTES)),
             retry_429=int(connection.get("retry_429", 2)),
+            retry_429_wait=float(connection["retry_429_wait"]) if "retry_429_wait" in connection else None,
             errors=mapping_errors, models=models, live_models=live_models, shapes=shapes,
             shape_where={k: self.where(("shapes", k)) for k in shapes},
         )

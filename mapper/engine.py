@@ -122,7 +122,8 @@ class Engine:
         else:
             signer = signer_class(auth_values)  # type: ignore[call-arg]
         client = Client(call_timeout=mapping.timeout, max_body_bytes=mapping.max_response_bytes,
-                        max_429_retries=mapping.retry_429, signer=signer)
+                        max_429_retries=mapping.retry_429, default_429_wait=mapping.retry_429_wait,
+                        signer=signer)
         headers = {name: str(value.evaluate(static)) for name, value in mapping.headers.items()}
         return cls(mapping, settings, secrets, client, headers)
 

@@ -98,11 +98,13 @@ class Client:
     """A pooled connection to one CRM, shared by every request the mapping serves."""
 
     def __init__(self, *, call_timeout: float, max_body_bytes: int, max_429_retries: int = 2,
+                 default_429_wait: float | None = None,
                  signer: Signer | None = None, pool_size: int = 32,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.call_timeout = call_timeout
         self.max_body_bytes = max_body_bytes
         self.max_429_retries = max_429_retries
+        self.default_429_wait = default_429_wait
         self.signer = signer or Signer()
         self._sleep = sleep
         self.session = requests.Session()
@@ -131,6 +133,8 @@ class Client:
                 continue
             if answer.status == 429 and rate_limited < self.max_429_retries:
                 wait = _retry_after_seconds(answer.headers.get("Retry-After"))
+                if wait is None:
+                    wait = self.default_429_wait  # some CRMs rate-limit without saying how long
                 if wait is not None and wait + MIN_CALL_SECONDS < deadline.remaining():
                     rate_limited += 1
                     log.info("CRM rate-limited %s; waiting %.2fs as Retry-After asks", outbound.describe(), wait)

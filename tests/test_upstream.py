@@ -103,6 +103,13 @@ def crm_app(state: CrmState) -> Flask:
             return Response("slow down", status=429, headers={"Retry-After": "1"})
         return jsonify({"ok": True})
 
+    @app.get("/limited-silently")
+    def limited_silently() -> Response:
+        if state.rate_limited > 0:
+            state.rate_limited -= 1
+            return Response("slow down", status=429)  # no Retry-After, as some CRMs do
+        return jsonify({"ok": True})
+
     @app.get("/redirect")
     def redirect() -> Response:
         return Response(status=302, headers={"Location": "/json"})
@@ -312,3 +319,19 @@ def test_429_retries_stop_after_the_configured_number(crm, state, sleeps):
     assert answer.status == 429
     assert sleeps.waits == [1.0, 1.0]
     assert len(state.hits) == 3
+
+
+def test_a_429_without_retry_after_is_not_retried_by_default(client, crm, state, sleeps):
+    state.rate_limited = 1
+    answer = client.send(get(crm, "/limited-silently"), Deadline(8))
+    assert answer.status == 429
+    assert sleeps.waits == []
+
+
+def test_a_429_without_retry_after_waits_the_mapping_s_default(crm, state, sleeps):
+    client = Client(call_timeout=5.0, max_body_bytes=4096, default_429_wait=0.5, sleep=sleeps)
+    state.rate_limited = 1
+    answer = client.send(get(crm, "/limited-silently"), Deadline(8))
+    client.close()
+    assert answer.status == 200
+    assert sleeps.waits == [0.5]
