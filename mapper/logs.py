@@ -23,8 +23,11 @@ class RedactSecrets(logging.Filter):
         self.add(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
+        # Called after every request (an OAuth token may have been renewed): cheap when nothing is new.
         # Very short values would redact ordinary words; secrets are never that short.
-        self.secrets = sorted({s for s in [*self.secrets, *secrets] if len(s) >= 6}, key=len, reverse=True)
+        new = {s for s in secrets if len(s) >= 6} - set(self.secrets)
+        if new:
+            self.secrets = sorted({*self.secrets, *new}, key=len, reverse=True)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
