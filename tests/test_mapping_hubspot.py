@@ -549,11 +549,21 @@ class TestErrors:
         assert len(since(state, start)) == 1  # no retry, no waiting
         assert answer.seconds < 5
 
-    def test_a_429_without_retry_after_is_not_retried(self, khoros: KhorosClient, state: HubSpotState) -> None:
+    def test_a_429_without_retry_after_is_retried_after_the_mapping_s_wait(self, khoros: KhorosClient,
+                                                                           state: HubSpotState) -> None:
+        customer = khoros.create_customer({"firstName": "Rate", "lastName": "Limited",
+                                           "email": f"rl.{unique()}@example.com"}).body
         state.fail_next(429)
         start = mark(state)
+        answer = khoros.get_customer(customer["id"])
+        assert answer.status == 200, answer.body
+        assert len(since(state, start)) == 2  # the 429, then the same call again
+
+    def test_a_429_that_persists_is_a_clear_500(self, khoros: KhorosClient, state: HubSpotState) -> None:
+        state.fail_next(429, times=3)
+        start = mark(state)
         assert_khoros_500(khoros.get_case("1001"), "crm_rate_limited")
-        assert len(since(state, start)) == 1
+        assert len(since(state, start)) == 3  # the first try and retry_429 (2) retries
 
     @pytest.mark.parametrize("body", ["<html><body>502 Bad Gateway</body></html>",
                                       {"status": "error", "message": "internal error"}])
