@@ -532,3 +532,16 @@ def test_shipped_cache_answers_without_asking_zendesk_again(
     assert since(zendesk, mark) == []
     assert again.body == first.body
     assert zendesk.take_fault() is not None  # still armed: Zendesk was not called; disarmed here
+
+
+def test_a_note_whose_details_a_person_broke_is_skipped_not_fatal(khoros: KhorosClient, zendesk: ZendeskState,
+                                                                   unique: str) -> None:
+    customer = make_customer(khoros, unique)
+    case = khoros.create_case({"customerId": customer["id"], "title": f"Edited {unique}",
+                               "interactions": [interaction(unique, 1), interaction(unique, 2)]}).body
+    notes = [c for c in zendesk.comments[int(case["id"])] if "khoros-interaction" in (c.get("body") or "")]
+    assert len(notes) == 2
+    notes[0]["body"] = notes[0]["body"][:-5]  # the JSON line cut short, as a hand edit might leave it
+    answer = khoros.get_case(case["id"])
+    assert answer.status == 200, answer.body
+    assert [i["serviceId"] for i in answer.body["interactions"]] == [f"{unique}2"]
