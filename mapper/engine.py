@@ -98,6 +98,10 @@ class Engine:
         self._live_cache: dict[str, tuple[float, dict[str, Any]]] = {}
         self._live_lock = threading.Lock()
         self._merged_models: dict[str, tuple[dict[str, Any], ObjectModel]] = {}
+        # Rendered once unless it depends on the OAuth answer (auth.<name>).
+        self._static_base_url: str | None = None
+        if "auth" not in mapping.base_url.names():
+            self._static_base_url = str(mapping.base_url.evaluate({"settings": settings, "secrets": secrets}))
 
     # -- construction ----------------------------------------------------
 
@@ -180,8 +184,10 @@ class Engine:
         signer = self.client.signer
         if isinstance(signer, OAuth2):
             signer.ensure(self.client, deadline)  # base_url may need values from the token answer
-        base_url = str(self.mapping.base_url.evaluate(
-            {"settings": self.settings, "secrets": self.secrets, "auth": getattr(signer, "values", {})}))
+        base_url = self._static_base_url
+        if base_url is None:  # it reads values from the OAuth token answer, which can change
+            base_url = str(self.mapping.base_url.evaluate(
+                {"settings": self.settings, "secrets": self.secrets, "auth": getattr(signer, "values", {})}))
         return Run(self.client, deadline, trace_id, base_url.rstrip("/"), self.headers,
                    self.mapping.errors)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,8 +88,21 @@ def _path_finalize(value: Any) -> Any:
     return encoded
 
 
+class _FixedGlobalsEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox, with each template's globals flattened into one dict.
+
+    Jinja keeps them as a ``ChainMap`` over the environment's globals so that
+    later changes show through, and copies that map key by key into every new
+    render context: about two thirds of the cost of evaluating one value. Our
+    globals are fixed once the environment is built, so a plain dict is enough.
+    """
+
+    def make_globals(self, d: MutableMapping[str, Any] | None) -> MutableMapping[str, Any]:
+        return {**self.globals, **(d or {})}
+
+
 def make_environment(finalize: Callable[[Any], Any] | None = None) -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+    env = _FixedGlobalsEnvironment(
         undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False,
         **({"finalize": finalize} if finalize else {}),
     )
