@@ -220,12 +220,15 @@ class RequestStep(Step):
         return outbound
 
     def _check(self, run: Run, scope: dict[str, Any], answer: Inbound, outbound: Outbound) -> None:
+        accepted = answer.ok or answer.status in self.accept
+        if accepted and not self.errors:
+            return  # the common case: nothing to judge, so no scope or message is built
         answer_scope = {**scope, "response": answer.body, "status": answer.status, "headers": answer.headers}
         internal = f"{outbound.describe()} -> {answer.status}: {answer.text[:300]}"
         for rule in self.errors:
             if rule.matches(answer, answer_scope):
                 raise rule.to_error(answer_scope, internal=internal)
-        if answer.ok or answer.status in self.accept:
+        if accepted:
             return
         for rule in run.mapping_errors:
             if rule.matches(answer, answer_scope):
