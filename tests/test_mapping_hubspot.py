@@ -25,6 +25,7 @@ from tests.fakes.hubspot import HubSpotState, Issue, RecordedRequest, validation
 from tests.fakes.hubspot import create_app as create_fake_app
 from tests.support.khoros import Answer, KhorosClient
 from tests.support.live_server import LiveServer
+from tests.support.mappings import without_live_cache
 from tests.targets.registry import ROOT
 
 pytestmark = pytest.mark.vendor
@@ -579,11 +580,7 @@ class TestErrors:
 @pytest.fixture
 def uncached_mapping(tmp_path: Path) -> str:
     """The shipped mapping with the live model's cache turned off, so every /meta call asks HubSpot."""
-    text = Path(MAPPING).read_text(encoding="utf-8")
-    assert text.count("cache_seconds: 300") == 2
-    path = tmp_path / "hubspot.yaml"
-    path.write_text(text.replace("cache_seconds: 300", "cache_seconds: 0"), encoding="utf-8")
-    return str(path)
+    return without_live_cache(MAPPING, tmp_path, expected=2)
 
 
 def field(meta: Answer, name: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from mapper.errors import ConfigError
 from tests.conftest import Fake
 from tests.fakes.salesforce import Comparison, Literal, Logical, RecordedRequest, error_body
 from tests.support.khoros import KhorosClient
+from tests.support.mappings import without_live_cache
 from tests.targets.registry import ROOT
 
 pytestmark = pytest.mark.vendor
@@ -429,14 +430,10 @@ def test_case_meta_is_cached_between_calls(bridge: Callable[[str, dict[str, str]
     assert len(api_calls(since(fake, mark), "GET", "/sobjects/Case/describe")) == 1
 
 
-@pytest.fixture()
+@pytest.fixture
 def uncached_mapping(tmp_path: Path) -> str:
     """The shipped mapping with cache_seconds 0: every /meta call asks Salesforce again."""
-    text = Path(MAPPING).read_text(encoding="utf-8")
-    assert text.count("cache_seconds: 300") == 1
-    path = tmp_path / "salesforce.yaml"
-    path.write_text(text.replace("cache_seconds: 300", "cache_seconds: 0"), encoding="utf-8")
-    return str(path)
+    return without_live_cache(MAPPING, tmp_path, expected=1)
 
 
 def test_case_meta_answers_the_last_good_answer_when_salesforce_is_down(

@@ -27,6 +27,7 @@ from tests.conftest import Fake
 from tests.fakes.zendesk import SearchTerm, ZendeskState, create_app
 from tests.support.khoros import KhorosClient
 from tests.support.live_server import LiveServer
+from tests.support.mappings import without_live_cache
 from tests.targets.registry import ROOT
 
 MAPPING = f"{ROOT}/mappings/zendesk.yaml"
@@ -454,11 +455,7 @@ def field(meta: dict[str, Any], name: str) -> dict[str, Any]:
 @pytest.fixture
 def uncached_mapping(tmp_path: Path) -> str:
     """The shipped mapping with cache_seconds 0: every /meta call asks Zendesk again."""
-    text = Path(MAPPING).read_text(encoding="utf-8")
-    assert text.count("cache_seconds: 300") == 1
-    path = tmp_path / "zendesk-uncached.yaml"
-    path.write_text(text.replace("cache_seconds: 300", "cache_seconds: 0"), encoding="utf-8")
-    return str(path)
+    return without_live_cache(MAPPING, tmp_path, expected=1)
 
 
 def test_case_meta_lists_zendesks_dropdowns_with_their_values(
