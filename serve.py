@@ -5,7 +5,7 @@ Without ``--mapping`` it serves the bundled demo CRM. Same as ``mapper serve``.
 
 import sys
 
-from mapper.cli import main
+from mapper.workbench.cli import main
 
 if __name__ == "__main__":
     main(["serve", *sys.argv[1:]])

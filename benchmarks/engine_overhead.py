@@ -55,10 +55,10 @@ import requests
 
 from benchmarks.handwritten import HandWrittenDemo
 from democrm.launcher import start_demo_crm
-from mapper.app import API_PREFIX, create_app
-from mapper.engine import Engine, Tenancy
-from mapper.khoros import OPERATIONS_BY_NAME
-from mapper.logs import configure
+from mapper.core.engine import Engine, Tenancy
+from mapper.core.khoros import OPERATIONS_BY_NAME
+from mapper.service.app import API_PREFIX, create_app
+from mapper.service.logs import configure
 from tests.support.live_server import LiveServer
 
 MAPPING = str(Path(__file__).resolve().parent.parent / "mappings" / "demo.yaml")

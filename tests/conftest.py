@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from mapper.app import create_app
-from mapper.engine import Engine
+from mapper.core.engine import Engine
+from mapper.service.app import create_app
 from tests.support.khoros import KhorosClient
 from tests.support.live_server import LiveServer
 from tests.targets.bottlecrm import bottlecrm  # noqa: F401  (fixture)

@@ -25,9 +25,9 @@ import pytest
 import requests
 from flask import Flask, Response, jsonify, request
 
-from mapper.app import TokenCheck, create_app, parse_tokens
-from mapper.engine import Engine
+from mapper.core.engine import Engine
 from mapper.errors import ConfigError
+from mapper.service.app import TokenCheck, create_app, parse_tokens
 from tests.support.live_server import LiveServer, serve
 
 PEOPLE_YAML = os.path.join(os.path.dirname(__file__), "mappings", "good", "people.yaml")

@@ -18,11 +18,11 @@ import pytest
 from flask import Flask, Response, jsonify, request
 from jsonpath_ng.ext import parse
 
-from mapper.auth import SIGNERS, BasicAuth, BearerAuth, HeaderAuth, NoAuth, OAuth2, QueryAuth
-from mapper.budget import Deadline
+from mapper.core.auth import SIGNERS, BasicAuth, BearerAuth, HeaderAuth, NoAuth, OAuth2, QueryAuth
+from mapper.core.budget import Deadline
+from mapper.core.templating import compile_value
+from mapper.core.upstream import Client, Outbound
 from mapper.errors import UpstreamError
-from mapper.templating import compile_value
-from mapper.upstream import Client, Outbound
 from tests.support.live_server import LiveServer, serve
 
 

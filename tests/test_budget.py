@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from mapper.budget import ANSWER_RESERVE, Deadline
+from mapper.core.budget import ANSWER_RESERVE, Deadline
 
 
 class Clock:

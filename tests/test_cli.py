@@ -15,7 +15,7 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from mapper.cli import main
+from mapper.workbench.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOOD = os.path.join(ROOT, "tests", "mappings", "good")

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import jsonschema
 import pytest
 
-from mapper.compiler import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, MAPPING_SCHEMA, compile_document, compile_file
+from mapper.core.compiler import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, MAPPING_SCHEMA, compile_document, compile_file
+from mapper.core.khoros import OPERATIONS
+from mapper.core.source import load_source
 from mapper.errors import ConfigError
-from mapper.khoros import OPERATIONS
-from mapper.source import load_source
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = sorted(glob.glob(os.path.join(ROOT, "mappings", "*.yaml")))

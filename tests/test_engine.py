@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from flask import Flask, Response, jsonify, request
 
-from mapper.engine import Engine, Tenancy
+from mapper.core.engine import Engine, Tenancy
 from mapper.errors import (
     BadRequest,
     ConfigError,

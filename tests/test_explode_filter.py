@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from mapper.templating import compile_value
+from mapper.core.templating import compile_value
 
 WHERE = "m.yaml:9 errors[0].fields"
 

@@ -1,6 +1,6 @@
 """Production serving: the same app factory under gunicorn, configured by environment.
 
-README documents ``MAPPER_MAPPING=... gunicorn 'mapper.app:create_app()'``;
+README documents ``MAPPER_MAPPING=... gunicorn 'mapper.service.app:create_app()'``;
 this starts exactly that against the demo CRM and calls it as Khoros would.
 """
 
@@ -29,7 +29,7 @@ def gunicorn_server(demo_env: dict[str, str]) -> Iterator[str]:
            "MAPPER_AUTH_TOKENS": f"old-token-being-rotated,{TOKEN}"}
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-w", "2", "--threads", "4", "-b", f"127.0.0.1:{port}",
-         "--no-control-socket", "mapper.app:create_app()"],
+         "--no-control-socket", "mapper.service.app:create_app()"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mapper.logs import REDACTED, RedactSecrets, configure
+from mapper.service.logs import REDACTED, RedactSecrets, configure
 
 SECRET = "tok-9f8e7d6c5b4a"
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from mapper.engine import Engine
+from mapper.core.engine import Engine
 from mapper.errors import ConfigError
 from tests.conftest import Fake
 from tests.fakes.salesforce import Comparison, Literal, Logical, RecordedRequest, error_body

@@ -11,8 +11,15 @@ import re
 
 import pytest
 
+from mapper.core.model import (
+    IDENTITY_FIELDS,
+    Field,
+    ObjectModel,
+    check_bestmatch,
+    check_customer_id,
+    check_interactions,
+)
 from mapper.errors import BadRequest, ValidationFailed
-from mapper.model import IDENTITY_FIELDS, Field, ObjectModel, check_bestmatch, check_customer_id, check_interactions
 
 CUSTOMER = ObjectModel("customer", [
     Field("firstName", "First name", "text", searchable=True),

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from flask import Flask, jsonify, request
 
-from mapper.compiler import compile_file
-from mapper.engine import Engine
+from mapper.core.compiler import compile_file
+from mapper.core.engine import Engine
 from mapper.errors import ConfigError
 from tests.support.live_server import LiveServer
 

@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from flask import Flask, Response, jsonify, request
 
-from mapper.budget import Deadline
-from mapper.compiler import compile_document
+from mapper.core.budget import Deadline
+from mapper.core.compiler import compile_document
+from mapper.core.pipeline import Run
+from mapper.core.source import load_source
+from mapper.core.upstream import Client
 from mapper.errors import BadRequest, MappingRuntimeError, NotFound, UpstreamError, ValidationFailed
-from mapper.pipeline import Run
-from mapper.source import load_source
-from mapper.upstream import Client
 from tests.support.live_server import LiveServer, serve
 
 PEOPLE = {

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import pytest
 from flask import Flask, request
 
-from mapper.compiler import compile_document
-from mapper.engine import Engine
+from mapper.core.compiler import compile_document
+from mapper.core.engine import Engine
+from mapper.core.source import load_source
 from mapper.errors import ConfigError, MappingRuntimeError
-from mapper.source import load_source
 from tests.support.live_server import LiveServer
 
 MAPPING = """

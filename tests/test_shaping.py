@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from mapper.core.pipeline import Where
+from mapper.core.shaping import Shaper
+from mapper.core.templating import compile_value
 from mapper.errors import MappingRuntimeError
-from mapper.pipeline import Where
-from mapper.shaping import Shaper
-from mapper.templating import compile_value
 
 WHERE = Where("m.yaml", 40, "shapes.case")
 

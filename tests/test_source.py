@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from mapper.core.source import dotted, load_source
 from mapper.errors import ConfigError, Problem
-from mapper.source import dotted, load_source
 
 NESTED = textwrap.dedent("""\
     name: demo

@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from mapper.errors import MappingRuntimeError
-from mapper.templating import (
+from mapper.core.templating import (
     OMIT,
     PATH_ENV,
     Expression,
@@ -24,6 +23,7 @@ from mapper.templating import (
     compile_value,
     iter_templates,
 )
+from mapper.errors import MappingRuntimeError
 
 WHERE = "m.yaml:7 operations.get_customer.result"
 

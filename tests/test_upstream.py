@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from flask import Flask, Response, jsonify, request
 
-from mapper.budget import Deadline
+from mapper.core.budget import Deadline
+from mapper.core.upstream import Client, Outbound
 from mapper.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from mapper.upstream import Client, Outbound
 from tests.support.live_server import LiveServer, free_port, serve
 
 

@@ -19,9 +19,9 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
-from .engine import Engine, Tenancy
-from .errors import BadRequest, ConfigError, KhorosError, Problem, ServerError, Unauthorized
-from .khoros import OPERATIONS, Operation
+from ..core.engine import Engine, Tenancy
+from ..core.khoros import OPERATIONS, Operation
+from ..errors import BadRequest, ConfigError, KhorosError, Problem, ServerError, Unauthorized
 from .logs import configure
 
 log = logging.getLogger("mapper.app")
@@ -138,7 +138,7 @@ def create_app(engine: Engine | None = None, *, mapping_path: str | None = None,
 
 
 def _no_route() -> KhorosError:
-    from .errors import NotFound
+    from ..errors import NotFound
     return NotFound(f"There is no {request.method} {request.path} in the Khoros Custom CRM API.")
 
 

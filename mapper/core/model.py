@@ -19,7 +19,8 @@ from typing import Any
 
 import jsonschema
 
-from .errors import BadRequest, FieldError, ValidationFailed
+from ..errors import BadRequest, FieldError, ValidationFailed
+from . import PROJECT_ROOT
 
 # The Khoros field types and the JSON type each carries on the wire.
 FIELD_TYPES: dict[str, tuple[type, str]] = {
@@ -54,7 +55,7 @@ FORMATS: dict[str, tuple[Callable[[str], bool], str]] = {
     "email": (lambda v: bool(_EMAIL.match(v)), "is not an email address"),
 }
 
-SCHEMA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas")
+SCHEMA_DIR = os.path.join(PROJECT_ROOT, "schemas")
 
 
 def _load_schema(name: str) -> dict[str, Any]:

@@ -24,8 +24,8 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
+from ..errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from .budget import Deadline
-from .errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 
 log = logging.getLogger("mapper.upstream")
 

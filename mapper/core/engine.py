@@ -19,10 +19,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from .auth import SIGNERS, OAuth2
-from .budget import Deadline
-from .compiler import CompiledMapping, CompiledOperation, Setting, compile_document
-from .errors import (
+from ..errors import (
     BadRequest,
     ConfigError,
     FieldError,
@@ -33,6 +30,9 @@ from .errors import (
     ServerError,
     Unsupported,
 )
+from .auth import SIGNERS, OAuth2
+from .budget import Deadline
+from .compiler import CompiledMapping, CompiledOperation, Setting, compile_document
 from .khoros import META_BUDGET, META_TYPES, OPERATION_BUDGET, OPERATIONS_BY_NAME, Operation
 from .model import (
     FIELD_TYPES,

@@ -21,8 +21,8 @@ from urllib.parse import urljoin, urlsplit
 
 from jsonpath_ng import JSONPath
 
+from ..errors import FieldError, KhorosError, MappingRuntimeError, UpstreamError, error_for_code
 from .budget import Deadline
-from .errors import FieldError, KhorosError, MappingRuntimeError, UpstreamError, error_for_code
 from .templating import OMIT, Compiled
 from .upstream import Client, Inbound, Outbound
 

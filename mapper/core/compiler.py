@@ -25,10 +25,11 @@ import jsonschema
 from jinja2 import nodes
 from jsonpath_ng import JSONPath
 from jsonpath_ng.exceptions import JsonPathLexerError, JsonPathParserError
-from jsonpath_ng.ext.parser import ExtentedJsonPathParser
+from jsonpath_ng.ext.parser import ExtendedJsonPathParser
 
+from ..errors import ConfigError, Problem
+from . import PROJECT_ROOT
 from .auth import SIGNERS
-from .errors import ConfigError, Problem
 from .khoros import BESTMATCH_FIELDS, CASE_WRITE_EXTRA, OPERATIONS, Operation
 from .model import Field, ObjectModel
 from .pipeline import (
@@ -59,7 +60,7 @@ from .templating import (
     iter_templates,
 )
 
-SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+SCHEMA_PATH = os.path.join(PROJECT_ROOT,
                            "schemas", "mapping.schema.json")
 with open(SCHEMA_PATH, encoding="utf-8") as _handle:
     MAPPING_SCHEMA = json.load(_handle)
@@ -127,7 +128,7 @@ class CompiledMapping:
 
 # jsonpath-ng's parse() builds a new parser (its grammar tables) on every call, about
 # 0.05 s each; one parser, reused, parses a path in about 2 ms. Used at load time only.
-_JSONPATH_PARSER = ExtentedJsonPathParser()
+_JSONPATH_PARSER = ExtendedJsonPathParser()
 
 
 @functools.lru_cache(maxsize=512)
@@ -513,6 +514,8 @@ class Compiler:
             ppath = path + ("paginate",)
             page_scope = answer_scope | {"page", paginate["into"]}
             items = self.jsonpath(paginate["items"], ppath + ("items",))
+            if items is None:  # already reported; keep checking the rest of the step
+                items = parse_jsonpath("$")
             pagination = Pagination(
                 items=items,
                 into=paginate["into"],

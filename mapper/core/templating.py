@@ -32,7 +32,7 @@ from typing import Any
 from jinja2 import StrictUndefined, TemplateError, Undefined, meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .errors import MappingRuntimeError
+from ..errors import MappingRuntimeError
 from .filters import FILTERS, urlencode_part
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .errors import MappingRuntimeError
+from ..errors import MappingRuntimeError
 from .khoros import CASE_STATUSES
 from .pipeline import Where
 from .templating import Compiled

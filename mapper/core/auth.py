@@ -19,8 +19,8 @@ from typing import Any
 
 from jsonpath_ng import JSONPath
 
+from ..errors import ConfigError, Problem, UpstreamError
 from .budget import Deadline
-from .errors import ConfigError, Problem, UpstreamError
 from .templating import Compiled
 from .upstream import Client, Inbound, Outbound, Signer
 

@@ -17,8 +17,8 @@ from importlib.metadata import entry_points
 
 import click
 
-from .compiler import compile_file
-from .errors import ConfigError
+from ..core.compiler import compile_file
+from ..errors import ConfigError
 
 
 @click.group()
@@ -53,8 +53,8 @@ def validate(paths: tuple[str, ...]) -> None:
 @click.option("--port", default=8080, show_default=True, type=int)
 def serve(mapping_path: str | None, host: str, port: int) -> None:
     """Run the Khoros-facing server (development server; use gunicorn in production)."""
-    from .app import create_app, parse_tokens
-    from .engine import Engine
+    from ..core.engine import Engine
+    from ..service.app import create_app, parse_tokens
 
     tokens = parse_tokens(os.environ.get("MAPPER_AUTH_TOKENS"))
     if mapping_path is None:

@@ -1,0 +1,1 @@
+"""The integrator's tools: the ``mapper`` command and what it drives."""
