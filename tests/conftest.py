@@ -23,15 +23,31 @@ from tests.targets.bottlecrm import bottlecrm  # noqa: F401  (fixture)
 from tests.targets.json_server import json_server  # noqa: F401  (fixture)
 
 KHOROS_TOKEN = "khoros-test-secret-0123456789"
+RECORDINGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "recordings")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--record-exchanges", action="store_true", default=False,
+                     help="Re-record tests/recordings/<target>/ from the Khoros scenario runs "
+                          "(python -m pytest tests/test_khoros_scenario.py --record-exchanges).")
+
+
+def _current_test() -> str | None:
+    current = os.environ.get("PYTEST_CURRENT_TEST", "")
+    return current.rsplit(" (", 1)[0].split("::", 1)[-1] or None
 
 
 @pytest.fixture(scope="session")
-def bridge() -> Iterator[Callable[[str, dict[str, str]], KhorosClient]]:
-    """Start our server for a mapping with a given environment; stopped at session end."""
+def bridge() -> Iterator[Callable[..., KhorosClient]]:
+    """Start our server for a mapping with a given environment; stopped at session end.
+    ``record=NAME`` records every Khoros call it answers into tests/recordings/NAME/."""
     running: list[tuple[LiveServer, Engine]] = []
 
-    def start(mapping: str, environ: dict[str, str]) -> KhorosClient:
+    def start(mapping: str, environ: dict[str, str], record: str | None = None) -> KhorosClient:
         engine = Engine.load(mapping, environ)
+        if record:
+            from mapper.workbench.recording import Recorder
+            Recorder(engine, mapping, environ, os.path.join(RECORDINGS, record), note=_current_test).attach()
         app = create_app(engine, tokens=[KHOROS_TOKEN, "older-secret-being-rotated"])
         server = LiveServer(app).start()
         running.append((server, engine))

@@ -41,7 +41,9 @@ def target(request: pytest.FixtureRequest) -> Target:
 @pytest.fixture(scope="module")
 def khoros(target: Target, request: pytest.FixtureRequest, bridge) -> KhorosClient:
     environ = request.getfixturevalue(target.env_fixture)
-    return bridge(target.mapping, environ)
+    # --record-exchanges re-records tests/recordings/<target>/, which tests/test_recordings.py replays.
+    record = target.name if request.config.getoption("--record-exchanges") else None
+    return bridge(target.mapping, environ, record=record)
 
 
 @pytest.fixture(scope="module")

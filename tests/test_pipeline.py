@@ -10,6 +10,8 @@ not assumed.
 
 from __future__ import annotations
 
+import re
+
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -306,8 +308,8 @@ def test_an_unhandled_failure_is_an_upstream_error_naming_the_call_and_step(run)
             - name: load person
               request: {method: GET, path: "/people/{{ id }}"}
             """, id="404")
-    assert caught.value.message == ("The CRM answered HTTP 404 to GET /people/404 (step 'load person'), "
-                                    "which the mapping does not handle.")
+    assert re.fullmatch(r"The CRM answered HTTP 404 to GET /people/404 \(step 'load person' at "
+                        r"\S+\.yaml:\d+\), which the mapping does not handle\.", caught.value.message)
     assert "person not found" in caught.value.internal
 
 

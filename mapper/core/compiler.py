@@ -124,6 +124,8 @@ class CompiledMapping:
     shapes: dict[str, Compiled]
     shape_where: dict[str, Where]
     operations: dict[str, CompiledOperation] = field(default_factory=dict)
+    # Things that work but are probably not meant (``mapper validate`` prints them).
+    warnings: list[Problem] = field(default_factory=list)
 
 
 # jsonpath-ng's parse() builds a new parser (its grammar tables) on every call, about
@@ -450,7 +452,7 @@ class Compiler:
         for key, owner in STEP_MODIFIERS.items():
             if key in raw and owner != kind:
                 self.problem(path + (key,), f"'{key}' belongs to a '{owner}' step, not a '{kind}' step")
-        name = raw.get("name") or f"{kind}#{path[-1]}"
+        name = raw.get("name") or _default_step_name(kind, raw)
         when = self.template(raw["when"], path + ("when",), scope, body_fields) if "when" in raw else None
         where = self.where(path)
         if kind == "request":
@@ -568,6 +570,21 @@ class Compiler:
             condition=self.template(raw["when"], path + ("when",), scope, body_fields) if "when" in raw else None,
             fields=self.value(raw["fields"], path + ("fields",), scope, body_fields) if "fields" in raw else None,
             rename=dict(raw.get("rename", {})))
+
+
+def _default_step_name(kind: str, raw: dict[str, Any]) -> str:
+    """A name for a step the mapping left unnamed, telling it apart from its neighbours in
+    messages and traces: ``GET /customers/{{ id }}``, ``set matches``, ``for_each body.interactions``."""
+    if kind == "request" and isinstance(raw.get("request"), dict):
+        request = raw["request"]
+        return f"{request.get('method', '?')} {request.get('path', request.get('url', '?'))}"
+    if kind == "set" and isinstance(raw.get("set"), dict):
+        return "set " + ", ".join(map(str, raw["set"]))
+    if kind == "for_each":
+        return "for_each " + str(raw["for_each"]).replace("{{", "").replace("}}", "").strip()
+    if kind == "fail" and isinstance(raw.get("fail"), dict):
+        return f"fail {raw['fail'].get('error', '')}".strip()
+    return kind
 
 
 def compile_document(doc: SourceDocument) -> CompiledMapping:

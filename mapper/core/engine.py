@@ -43,7 +43,7 @@ from .model import (
     check_customer_id,
     check_interactions,
 )
-from .pipeline import Run
+from .pipeline import Run, Trace
 from .shaping import Shaper
 from .source import load_source
 from .upstream import Client, Signer
@@ -65,6 +65,11 @@ class Tenancy:
 
     def as_dict(self) -> dict[str, str | None]:
         return {"user_email": self.user_email, "initiative": self.initiative, "company_id": self.company_id}
+
+
+def utc_now() -> str:
+    """The ``now`` every template sees: the current UTC time, to the second."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _resolve(settings: list[Setting], environ: Mapping[str, str], mapping: CompiledMapping, section: str,
@@ -95,6 +100,8 @@ class Engine:
         self.client = client
         self.shapers = {kind: Shaper(kind, mapping.shapes[kind], mapping.shape_where[kind])
                         for kind in ("customer", "case")}
+        # What ``now`` reads; ``mapper test`` fixes it to the recorded moment to replay a run.
+        self.clock: Callable[[], str] = utc_now
         self._live_cache: dict[str, tuple[float, dict[str, Any]]] = {}
         self._live_lock = threading.Lock()
         self._merged_models: dict[str, tuple[dict[str, Any], ObjectModel]] = {}
@@ -147,8 +154,10 @@ class Engine:
     # -- operations ------------------------------------------------------
 
     def run(self, name: str, body: Any, *, id: str | None = None, tenancy: Tenancy | None = None,
-            trace_id: str = "-") -> tuple[int, Any]:
-        """Answer one Khoros operation: (HTTP status, JSON payload)."""
+            trace_id: str = "-", trace: Trace | None = None) -> tuple[int, Any]:
+        """Answer one Khoros operation: (HTTP status, JSON payload).
+
+        ``trace`` (``mapper run``) is told of every step, request and answer."""
         op = OPERATIONS_BY_NAME[name]
         compiled = self.mapping.operations[name]
         if compiled.unsupported:
@@ -156,6 +165,7 @@ class Engine:
         clean = self._check_input(op, body, trace_id)
         deadline = Deadline(OPERATION_BUDGET)
         run = self._new_run(deadline, trace_id)
+        run.trace = trace
         scope = self._scope(clean, id, tenancy or Tenancy(), trace_id)
         run.run_steps(compiled.steps, scope)
         return op.success, self._shape(op, compiled, scope)
@@ -194,7 +204,7 @@ class Engine:
     def _scope(self, body: dict[str, Any], id: str | None, tenancy: Tenancy, trace_id: str) -> dict[str, Any]:
         return {"body": body, "id": id, "khoros": tenancy.as_dict(), "settings": self.settings,
                 "secrets": self.secrets, "auth": getattr(self.client.signer, "values", {}),
-                "now": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "trace_id": trace_id}
+                "now": self.clock(), "trace_id": trace_id}
 
     def _shape(self, op: Operation, compiled: CompiledOperation, scope: dict[str, Any]) -> Any:
         assert compiled.result is not None

@@ -10,6 +10,11 @@ named values. Step kinds:
 * ``for_each``  run sub-steps per item of a list, ``collect`` per-item values
 * ``first``     try strategies in order until ``until`` holds (fallback chain)
 * ``fail``      stop with a Khoros error
+
+A :class:`Run` may carry a :class:`Trace` (``mapper run`` does): it is told of
+every step, rendered request, answer, value set and strategy chosen. Serving
+never sets one, and then the only cost is one ``is None`` check per step list
+and per CRM call.
 """
 
 from __future__ import annotations
@@ -39,6 +44,11 @@ class Where:
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line} {self.key}"
+
+    @property
+    def place(self) -> str:
+        """``file:line``, for messages that already name the step."""
+        return f"{self.file}:{self.line}"
 
 
 @dataclass
@@ -168,6 +178,8 @@ class RequestStep(Step):
         outbound = self._render(run, scope)
         answer = run.client.send(outbound, run.deadline)
         run.calls += 1
+        if run.trace is not None:
+            run.trace.exchange(self, outbound, answer)
         log.info("trace=%s step=%s %s -> %s %.0fms", run.trace_id, self.name, outbound.describe(),
                  answer.status, answer.seconds * 1000)
         self._check(run, scope, answer, outbound)
@@ -238,7 +250,7 @@ class RequestStep(Step):
                        "Check the secrets this mapping reads from the environment.")
         else:
             message = (f"The CRM answered HTTP {answer.status} to {outbound.describe()} "
-                       f"(step '{self.name}'), which the mapping does not handle.")
+                       f"(step '{self.name}' at {self.where.place}), which the mapping does not handle.")
         raise UpstreamError(message, code="crm_error", internal=internal)
 
 
@@ -310,11 +322,19 @@ class FirstStep(Step):
     def run(self, run: Run, scope: dict[str, Any]) -> None:
         for branch in self.branches:
             if branch.when is not None and not branch.when.evaluate(scope):
+                if run.trace is not None:
+                    run.trace.branch(self, branch.name, False)
                 continue
+            if run.trace is not None:
+                run.trace.branch(self, branch.name, True)
             run.run_steps(branch.steps, scope)
             if self.until is None or self.until.evaluate(scope):
                 log.info("trace=%s step=%s settled on strategy '%s'", run.trace_id, self.name, branch.name)
+                if run.trace is not None:
+                    run.trace.settled(self, branch.name)
                 return
+        if run.trace is not None:
+            run.trace.settled(self, None)
 
 
 @dataclass
@@ -328,6 +348,36 @@ class FailStep(Step):
         raise rule.to_error(scope, internal=f"fail step {self.name}")
 
 
+class Trace:
+    """Told of everything a :class:`Run` does, for ``mapper run``; the engine ignores it.
+
+    Subclasses override what they need. ``values`` are the names a step set or
+    changed; ``branch`` is None when no strategy of a ``first`` settled.
+    """
+
+    def started(self, step: Step) -> None:
+        return None
+
+    def skipped(self, step: Step) -> None:
+        return None
+
+    def exchange(self, step: Step, outbound: Outbound, answer: Inbound) -> None:
+        return None
+
+    def branch(self, step: Step, name: str, taken: bool) -> None:
+        """A strategy of a ``first``: tried (its 'when' held, or it has none) or passed over."""
+        return None
+
+    def settled(self, step: Step, branch: str | None) -> None:
+        return None
+
+    def finished(self, step: Step, values: dict[str, Any]) -> None:
+        return None
+
+    def failed(self, step: Step, error: Exception) -> None:
+        return None
+
+
 @dataclass
 class Run:
     """One execution of one operation: the budget, the client and the trace id."""
@@ -339,9 +389,28 @@ class Run:
     default_headers: dict[str, str]
     mapping_errors: list[ErrorRule]
     calls: int = 0
+    trace: Trace | None = None
 
     def run_steps(self, steps: list[Step], scope: dict[str, Any]) -> None:
+        if self.trace is not None:
+            self._run_traced(self.trace, steps, scope)
+            return
         for step in steps:
             if step.when is not None and not step.when.evaluate(scope):
                 continue
             step.run(self, scope)
+
+    def _run_traced(self, trace: Trace, steps: list[Step], scope: dict[str, Any]) -> None:
+        for step in steps:
+            if step.when is not None and not step.when.evaluate(scope):
+                trace.skipped(step)
+                continue
+            before = dict(scope)
+            trace.started(step)
+            try:
+                step.run(self, scope)
+            except Exception as exc:
+                trace.failed(step, exc)
+                raise
+            trace.finished(step, {name: value for name, value in scope.items()
+                                  if name not in before or before[name] is not value})

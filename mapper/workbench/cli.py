@@ -1,19 +1,26 @@
-"""The ``mapper`` command: validate mappings and serve one.
+"""The ``mapper`` command: the integrator's workbench.
 
 ``mapper validate PATH...`` prints every problem as ``file:line: key: message``
-and exits 1 if there is any. ``mapper serve`` runs the Khoros-facing server;
-without ``--mapping`` it starts the bundled demo (found through the
-``crm_mapper.demo`` entry point) and serves its mapping, so a first run
-needs nothing else.
+and exits 1 if there is any (warnings are printed but do not fail).
+``mapper run`` answers one Khoros operation against the CRM and prints the
+trace of every step; ``--record`` keeps the exchanges. ``mapper test``
+replays recordings offline against their golden answers. ``mapper init``
+starts a mapping from a CRM's OpenAPI description. ``mapper serve`` runs the
+Khoros-facing server; without ``--mapping`` it starts the bundled demo
+(found through the ``crm_mapper.demo`` entry point) and serves its mapping,
+so a first run needs nothing else.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import sys
+import uuid
 from collections.abc import Callable
 from importlib.metadata import entry_points
+from typing import Any
 
 import click
 
@@ -39,11 +46,130 @@ def validate(paths: tuple[str, ...]) -> None:
             for problem in exc.problems:
                 click.echo(str(problem), err=True)
             continue
+        for warning in mapping.warnings:
+            click.echo(f"{warning} (warning)", err=True)
         supported = sum(1 for op in mapping.operations.values() if not op.unsupported)
         click.echo(f"{path}: ok ({mapping.name}, {supported} of {len(mapping.operations)} operations mapped)")
     if failed:
         click.echo(f"{failed} of {len(paths)} mapping file(s) have problems.", err=True)
         sys.exit(1)
+
+
+@main.command()
+@click.argument("mapping", type=click.Path(exists=True, dir_okay=False))
+@click.argument("operation")
+@click.option("--id", "id_", metavar="ID", help="The customer or case id, for operations on one.")
+@click.option("--body", metavar="JSON|@FILE", help="The body Khoros would send: JSON, or @file to read it.")
+@click.option("--record", "record_dir", metavar="DIR", type=click.Path(file_okay=False),
+              help="Save the exchanges and the answer as a recording that 'mapper test DIR' replays.")
+@click.option("--limit", default=400, show_default=True, help="Cut bodies and values to this many characters.")
+def run(mapping: str, operation: str, id_: str | None, body: str | None, record_dir: str | None,
+        limit: int) -> None:
+    """Answer one Khoros OPERATION against the CRM and print every step.
+
+    OPERATION is a key under 'operations:' (get_customer, create_case...), or
+    'meta' with --id customer|case. The mapping reads its settings and
+    secrets from the environment, as 'mapper serve' does; secrets are shown
+    as ***.
+    """
+    from ..core.engine import Engine
+    from ..core.khoros import OPERATIONS_BY_NAME
+    from ..errors import KhorosError
+    from .trace import Redactor, TextTrace, compact
+
+    if operation != "meta" and operation not in OPERATIONS_BY_NAME:
+        raise click.BadParameter(f"use one of: {', '.join([*OPERATIONS_BY_NAME, 'meta'])}",
+                                 param_hint="OPERATION")
+    payload = _read_body_option(body)
+    try:
+        engine = Engine.load(mapping)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(1)
+    if record_dir:
+        from .recording import Recorder
+        Recorder(engine, mapping, dict(os.environ), record_dir).attach()
+    redact = Redactor(engine.secret_values)
+    trace = TextTrace(click.echo, redact, limit)
+    trace_id = uuid.uuid4().hex[:16]
+    compiled = engine.mapping.operations.get(operation)
+    where = f" ({compiled.where.place})" if compiled is not None else ""
+    click.echo(f"{operation}{where} on {engine.mapping.name}" + (f", id {id_}" if id_ else "")
+               + f", trace {trace_id}")
+    status: int
+    answer: Any
+    try:
+        if operation == "meta":
+            status, answer = 200, engine.meta(id_ or "customer", trace_id)
+        else:
+            status, answer = engine.run(operation, payload, id=id_, trace_id=trace_id, trace=trace)
+    except KhorosError as exc:
+        redact.add(engine.secret_values)  # an OAuth token fetched during the run
+        click.echo(redact(f"answer {exc.status} {exc.code}: {exc.message}"))
+        if exc.internal:
+            click.echo(redact(f"  detail: {compact(exc.internal, limit)}"))
+        click.echo(redact(json.dumps(exc.to_json(trace_id), indent=2, ensure_ascii=False)))
+        sys.exit(1)
+    finally:
+        engine.close()
+    redact.add(engine.secret_values)
+    click.echo(f"answer {status}:")
+    click.echo(redact(json.dumps(answer, indent=2, ensure_ascii=False)))
+    if record_dir:
+        click.echo(f"recorded into {record_dir}; replay with: mapper test {record_dir}")
+
+
+def _read_body_option(body: str | None) -> Any:
+    if body is None:
+        return {}
+    text = body
+    if body.startswith("@"):
+        with open(body[1:], encoding="utf-8") as handle:
+            text = handle.read()
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--body") from exc
+
+
+@main.command("test")
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, file_okay=False))
+@click.option("-q", "--quiet", is_flag=True, help="Print only failures and the summary.")
+def test_command(paths: tuple[str, ...], quiet: bool) -> None:
+    """Replay recordings offline and compare the Khoros answers with the golden ones.
+
+    Each PATH is a recording directory (it holds session.yaml) or a folder of
+    them; the default is tests/recordings. No CRM is called.
+    """
+    from .recording import find_recordings, replay
+
+    directories = find_recordings(paths or ("tests/recordings",))
+    if not directories:
+        click.echo("No recordings found (a recording directory holds session.yaml).", err=True)
+        sys.exit(2)
+    failed = cases = 0
+    for directory in directories:
+        try:
+            result = replay(directory)
+        except ConfigError as exc:
+            failed += 1
+            click.echo(f"{directory}: the mapping does not load:", err=True)
+            for problem in exc.problems:
+                click.echo(f"  {problem}", err=True)
+            continue
+        cases += len(result.cases)
+        bad = [c for c in result.cases if not c.ok]
+        failed += len(bad)
+        for case in bad:
+            click.echo(f"FAIL {case.file} ({case.operation}): {case.problem}\n", err=True)
+        if not quiet or bad:
+            click.echo(f"{directory}: {len(result.cases) - len(bad)} of {len(result.cases)} cases pass "
+                       f"({result.mapping})")
+    if failed:
+        click.echo(f"{failed} case(s) failed.", err=True)
+        sys.exit(1)
+    click.echo(f"All {cases} cases of {len(directories)} recording(s) pass.")
 
 
 @main.command()
