@@ -106,3 +106,32 @@ def test_serve_refuses_to_start_without_khoros_tokens(runner):
                                 "MAPPER_AUTH_TOKENS": ""})
     assert result.exit_code == 1
     assert "MAPPER_AUTH_TOKENS" in result.stderr
+
+
+def test_validate_prints_warnings_without_failing(runner, tmp_path):
+    with open(MINIMAL, encoding="utf-8") as handle:
+        text = handle.read()
+    text = text.replace("      - {name: email, label: Email, type: text, searchable: true, format: email}\n",
+                        "      - {name: email, label: Email, type: text}\n"
+                        "      - {name: phone, label: Phone, type: text}\n")
+    text = text.replace('  create_customer: {unsupported: "read-only"}\n', "") + (
+        "  create_customer:\n    steps:\n"
+        "      - request: {method: POST, path: /people, body: {email: \"{{ body.email }}\"}}\n"
+        "        extract: {customer: \"$\"}\n"
+        "    result: \"{{ customer }}\"\n")
+    path = tmp_path / "phone-never-written.yaml"
+    path.write_text(text)
+    result = runner.invoke(main, ["validate", str(path)])
+    assert result.exit_code == 0
+    assert result.stdout == f"{path}: ok (minimal, 2 of 9 operations mapped)\n"
+    assert result.stderr == (f"{path}:14: model.customer.fields[1]: no create or update of a customer writes "
+                             "'phone' (no step reads body.phone), so what an agent enters there is dropped; "
+                             "write it in a request, or mark it readonly: true (warning)\n")
+
+
+def test_validate_refuses_a_name_set_only_under_when(runner):
+    path = os.path.join(BAD, "set-only-under-when.yaml")
+    result = runner.invoke(main, ["validate", path])
+    assert result.exit_code == 1
+    assert f"{path}:36: operations.get_customer.result: 'customer' is set only when the step at line 30 runs" \
+        in result.stderr

@@ -189,3 +189,99 @@ def test_live_model_steps_and_fields_are_checked_like_operations():
     fields:''')
     assert problems_of(text) == [
         "m.yaml:19: model.case.live.fields.$map: unknown value 'crm_field' (did you mean 'crm_fields'?)"]
+
+
+# --- flow: names a step sets only when it runs --------------------------------------------------
+
+def _with_get_customer(steps: str, result: str = "{{ customer }}") -> str:
+    """minimal.yaml with its get_customer operation replaced."""
+    with open(MINIMAL, encoding="utf-8") as handle:
+        text = handle.read()
+    start = text.index("  get_customer:")
+    end = text.index("  search_customers:")
+    block = "  get_customer:\n    steps:\n" + "".join("      " + line + "\n" for line in steps.strip("\n").split("\n"))
+    return text[:start] + block + f'    result: "{result}"\n' + text[end:]
+
+
+def _problems(text: str) -> list[str]:
+    try:
+        compile_document(load_source("flow.yaml", text))
+    except ConfigError as exc:
+        return [p.message for p in exc.problems]
+    return []
+
+
+@pytest.mark.parametrize("steps, result", [
+    # set before the conditional step
+    ('- set: {customer: null}\n- when: "{{ id != \'0\' }}"\n  request: {method: GET, path: "/p/{{ id }}"}\n'
+     '  extract: {customer: "$"}', "{{ customer }}"),
+    # read through a guard
+    ('- when: "{{ id != \'0\' }}"\n  request: {method: GET, path: "/p/{{ id }}"}\n  extract: {customer: "$"}',
+     "{{ customer | default(none) }}"),
+    # read under the same condition
+    ('- when: "{{ id != \'0\' }}"\n  request: {method: GET, path: "/p/{{ id }}"}\n  extract: {customer: "$"}',
+     "{{ customer if id != '0' else none }}"),
+    # set under opposite conditions
+    ('- when: "{{ id != \'0\' }}"\n  request: {method: GET, path: "/p/{{ id }}"}\n  extract: {customer: "$"}\n'
+     '- when: "{{ not (id != \'0\') }}"\n  set: {customer: null}', "{{ customer }}"),
+    # every strategy sets it and the last always runs
+    ('- first:\n  - when: "{{ id | int > 0 }}"\n    steps: [{request: {method: GET, path: "/p/{{ id }}"}, '
+     'extract: {customer: "$"}}]\n  - steps: [{set: {customer: null}}]', "{{ customer }}"),
+], ids=["set-before", "default", "same-condition", "opposite-conditions", "every-strategy"])
+def test_a_name_set_under_when_is_accepted_where_it_is_surely_set_or_guarded(steps: str, result: str) -> None:
+    assert _problems(_with_get_customer(steps, result)) == []
+
+
+def test_a_name_a_conditional_step_sets_is_refused_where_it_may_be_missing() -> None:
+    problems = _problems(_with_get_customer(
+        '- when: "{{ id != \'0\' }}"\n  request: {method: GET, path: "/p/{{ id }}"}\n  extract: {customer: "$"}\n'
+        '- when: "{{ id == \'7\' }}"\n  set: {customer: null}'))
+    assert len(problems) == 1 and problems[0].startswith("'customer' is set only when the step at line ")
+
+
+# --- warnings: model fields no write passes on ----------------------------------------------------
+
+WRITES = """
+  create_customer:
+    steps:
+      - request: {method: POST, path: /people, body: {email: "{{ body.email }}"}}
+        extract: {customer: "$"}
+    result: "{{ customer }}"
+  update_customer:
+    steps:
+      - request: {method: PATCH, path: "/people/{{ id }}", body: {mail: "{{ body.get('email') }}"}}
+        extract: {customer: "$"}
+    result: "{{ customer }}"
+"""
+
+
+def _writing_mapping(fields: str, writes: str = WRITES) -> str:
+    with open(MINIMAL, encoding="utf-8") as handle:
+        text = handle.read()
+    text = text.replace("      - {name: email, label: Email, type: text, searchable: true, format: email}\n",
+                        fields)
+    text = text.replace('  create_customer: {unsupported: "read-only"}\n', "")
+    text = text.replace('  update_customer: {unsupported: "read-only"}\n', "")
+    return text + writes
+
+
+def test_a_model_field_no_create_or_update_writes_is_a_warning_naming_it() -> None:
+    mapping = compile_document(load_source("w.yaml", _writing_mapping(
+        "      - {name: email, label: Email, type: text}\n"
+        "      - {name: phone, label: Phone, type: text}\n"
+        "      - {name: score, label: Score, type: text, readonly: true}\n")))
+    assert [(w.line, w.key) for w in mapping.warnings] == [(14, "model.customer.fields[1]")]
+    assert "no create or update of a customer writes 'phone'" in mapping.warnings[0].message
+
+
+def test_passing_the_whole_body_on_writes_every_field() -> None:
+    writes = WRITES.replace('body: {email: "{{ body.email }}"}', 'body: "{{ body | merge({}) }}"')
+    mapping = compile_document(load_source("w.yaml", _writing_mapping(
+        "      - {name: email, label: Email, type: text}\n      - {name: phone, label: Phone, type: text}\n",
+        writes)))
+    assert mapping.warnings == []
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=name_of)
+def test_shipped_mappings_write_every_field_they_show(path: str) -> None:
+    assert [str(w) for w in compile_file(path).warnings] == []

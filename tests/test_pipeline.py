@@ -11,7 +11,6 @@ not assumed.
 from __future__ import annotations
 
 import re
-
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -214,6 +213,16 @@ def test_a_required_extraction_that_matches_nothing_names_the_path_and_the_line(
     message = caught.value.message
     assert "nothing at $.data.mail for 'email'" in message
     assert "t.yaml:26 operations.update_customer.steps[0].extract.email" in message
+    assert "the answer has keys ['data']" in message
+
+
+def test_an_extraction_expression_that_misses_shows_the_answer_keys(run):
+    with pytest.raises(MappingRuntimeError) as caught:
+        run("""
+            - request: {method: GET, path: "/people/{{ id }}"}
+              extract: {email: "{{ response.email }}"}
+            """)
+    assert caught.value.message.endswith("has no attribute 'email'; the answer has keys ['data'].")
 
 
 def test_the_connection_headers_and_step_headers_are_sent(run, state):

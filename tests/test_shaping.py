@@ -134,3 +134,12 @@ def test_a_shape_that_is_not_an_object_is_a_mapping_error():
 def test_many_needs_a_list():
     with pytest.raises(MappingRuntimeError, match="expected a list of records but the result is dict"):
         shaper("customer", CUSTOMER_SHAPE).many({"id": 1}, {})
+
+
+def test_a_shape_that_misses_shows_the_keys_the_record_has() -> None:
+    with pytest.raises(MappingRuntimeError) as caught:
+        shaper("customer", CUSTOMER_SHAPE).one({"data": {"id": 7, "email": "jane@example.com"}}, {})
+    message = caught.value.message
+    assert "'dict object' has no attribute 'id'" in message
+    assert message.endswith("the record has keys ['data'].")
+    assert "jane@example.com" not in message  # keys only: values may be personal data

@@ -150,6 +150,14 @@ class Compiler:
     def __init__(self, doc: SourceDocument) -> None:
         self.doc = doc
         self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
+        # Per operation: names only set by a step that may not run (name -> that step's line),
+        # explicit step names (name -> line), and which body fields the steps read.
+        self.maybe: dict[str, Maybe] = {}
+        self.step_names: dict[str, int] = {}
+        self.current_when: nodes.Expr | None = None  # the condition of the step being compiled
+        self.body_reads: set[str] = set()
+        self.body_whole = False
         self.setting_names: set[str] = set()
         self.secret_names: set[str] = set()
         self.auth_extra_names: set[str] = set()
@@ -205,8 +213,18 @@ class Compiler:
             return
         for leaf in iter_templates(compiled):
             assert isinstance(leaf, (Expression, Text))
-            for name in sorted(leaf.names() - scope):
+            read = leaf.names()
+            for name in sorted(read - scope):
                 self.problem(path, f"unknown value '{name}'{suggest(name, scope - GLOBAL_NAMES)}")
+            for name in sorted(read & scope & set(self.maybe)):
+                maybe = self.maybe[name]
+                if not _guarded(leaf.ast, name, maybe.condition, self.current_when):
+                    self.problem(path, f"'{name}' is set only when the step at line {maybe.line} runs, "
+                                       f"and that step may not run (it has 'when', or is one strategy of a "
+                                       f"'first'); set '{name}' before it (for example set: {{{name}: null}}), "
+                                       f"or read it as '{name} | default(...)'")
+            if "body" in read and not any(part in ("when", "until", "errors") for part in path):
+                self._note_body_reads(leaf.ast)
             for node in leaf.ast.find_all(nodes.Getattr):
                 if node.attr.startswith("_"):
                     self.problem(path, f"access to attribute '{node.attr}' is not allowed in templates")
@@ -221,6 +239,33 @@ class Compiler:
             for item in leaf.ast.find_all(nodes.Getitem):
                 if isinstance(item.arg, nodes.Const) and str(item.arg.value).startswith("_"):
                     self.problem(path, f"access to item '{item.arg.value}' is not allowed in templates")
+
+    def _note_body_reads(self, ast: nodes.Template) -> None:
+        """Which inbound fields a template passes on: ``body.x``, ``body['x']``, ``body.get('x')``;
+        ``body`` handed on whole (``body | merge(...)``) passes on every field."""
+        direct = sum(1 for node in ast.find_all(nodes.Name) if node.name == "body")
+        fielded = 0
+        for attr in ast.find_all(nodes.Getattr):
+            if isinstance(attr.node, nodes.Name) and attr.node.name == "body":
+                fielded += 1
+                if attr.attr in ("items", "keys", "values"):
+                    self.body_whole = True
+                elif attr.attr != "get":
+                    self.body_reads.add(attr.attr)
+        for item in ast.find_all(nodes.Getitem):
+            if isinstance(item.node, nodes.Name) and item.node.name == "body":
+                fielded += 1
+                if isinstance(item.arg, nodes.Const):
+                    self.body_reads.add(str(item.arg.value))
+                else:
+                    self.body_whole = True
+        for call in ast.find_all(nodes.Call):
+            target = call.node
+            if isinstance(target, nodes.Getattr) and target.attr == "get" and isinstance(target.node, nodes.Name) \
+                    and target.node.name == "body" and call.args and isinstance(call.args[0], nodes.Const):
+                self.body_reads.add(str(call.args[0].value))
+        if direct > fielded:
+            self.body_whole = True
 
     def _check_attribute(self, owner: str, attr: str, path: tuple[Any, ...], body_fields: set[str] | None,
                          scope: set[str]) -> None:
@@ -328,6 +373,7 @@ class Compiler:
             live = data["model"][kind].get("live")
             if live:
                 path = ("model", kind, "live")
+                self.maybe, self.step_names = {}, {}
                 scope = set(BASE_NAMES)
                 steps = self._steps(live["steps"], path + ("steps",), scope, None)
                 live_models[kind] = LiveModel(steps, self.value(live["fields"], path + ("fields",), scope),
@@ -344,9 +390,31 @@ class Compiler:
             errors=mapping_errors, models=models, live_models=live_models, shapes=shapes,
             shape_where={k: self.where(("shapes", k)) for k in shapes},
         )
+        writes: dict[str, tuple[set[str], bool]] = {}
         for op in OPERATIONS:
+            self.body_reads, self.body_whole = set(), False
             compiled.operations[op.name] = self._operation(op, data["operations"][op.name], models)
+            if op.input in ("create", "update") and not compiled.operations[op.name].unsupported:
+                reads, whole = writes.get(op.object_kind, (set(), False))
+                writes[op.object_kind] = (reads | self.body_reads, whole or self.body_whole)
+        self._warn_unwritten_fields(models, writes)
+        compiled.warnings = self.warnings
         return None if self.problems else compiled
+
+    def _warn_unwritten_fields(self, models: dict[str, ObjectModel], writes: dict[str, tuple[set[str], bool]]) -> None:
+        """A model field that no create or update passes on is shown to agents, who fill it,
+        and then silently dropped: warn, naming it (it works, so it is not an error)."""
+        for kind, model in models.items():
+            if kind not in writes or writes[kind][1]:
+                continue  # nothing is written at all, or the whole body is passed on
+            reads = writes[kind][0]
+            for index, field_ in enumerate(model.fields):
+                if field_.readonly or field_.name in reads:
+                    continue
+                self.warnings.append(self.doc.problem(
+                    ("model", kind, "fields", index),
+                    f"no create or update of a {kind} writes '{field_.name}' (no step reads body.{field_.name}), "
+                    "so what an agent enters there is dropped; write it in a request, or mark it readonly: true"))
 
     def _setting(self, name: str, spec: Any) -> Setting:
         if isinstance(spec, dict):
@@ -412,6 +480,7 @@ class Compiler:
         if "unsupported" in spec:
             return CompiledOperation(op, [], None, spec["unsupported"], self.where(path))
         body_fields = self._body_fields(op, models)
+        self.maybe, self.step_names = {}, {}
         scope = set(BASE_NAMES)
         if not op.has_id:
             scope.discard("id")
@@ -436,9 +505,23 @@ class Compiler:
                body_fields: set[str] | None) -> list[Step]:
         steps = []
         for i, raw in enumerate(raw_steps):
+            before_scope, before_maybe = set(scope), dict(self.maybe)
             step = self._step(raw, path + (i,), scope, body_fields)
             if step is not None:
                 steps.append(step)
+            if isinstance(raw, dict) and "when" in raw:
+                # A step that may not run sets its names only maybe (unless they were set before),
+                # but two steps under opposite conditions ('x' and 'not x') set them for sure.
+                line = self.doc.line_of(path + (i,))
+                condition = _condition(step.when) if step is not None else None
+                for name in _names_set(raw):
+                    if name in before_scope and name not in before_maybe:
+                        continue
+                    earlier = before_maybe.get(name)
+                    if earlier is not None and _opposite(earlier.condition, condition):
+                        self.maybe.pop(name, None)
+                    else:
+                        self.maybe[name] = earlier or Maybe(line, condition)
         return steps
 
     def _step(self, raw: dict[str, Any], path: tuple[Any, ...], scope: set[str],
@@ -453,8 +536,27 @@ class Compiler:
             if key in raw and owner != kind:
                 self.problem(path + (key,), f"'{key}' belongs to a '{owner}' step, not a '{kind}' step")
         name = raw.get("name") or _default_step_name(kind, raw)
+        if "name" in raw:
+            line = self.doc.line_of(path + ("name",))
+            if name in self.step_names and self.step_names[name] != line:  # the same line: a YAML alias
+                self.problem(path + ("name",), f"step name '{name}' is already used at line "
+                                               f"{self.step_names[name]} in this operation; give each step its "
+                                               "own name so that errors and traces point at one step")
+            else:
+                self.step_names[name] = line
+        if kind != "first":
+            for set_name in _names_set(raw):
+                self.maybe.pop(set_name, None)  # set by this step whenever it runs
         when = self.template(raw["when"], path + ("when",), scope, body_fields) if "when" in raw else None
         where = self.where(path)
+        outer_when, self.current_when = self.current_when, _condition(when)
+        try:
+            return self._step_body(raw, kind, name, when, where, path, scope, body_fields)
+        finally:
+            self.current_when = outer_when
+
+    def _step_body(self, raw: dict[str, Any], kind: str, name: str, when: Compiled | None, where: Where,
+                   path: tuple[Any, ...], scope: set[str], body_fields: set[str] | None) -> Step | None:
         if kind == "request":
             return self._request_step(raw, path, scope, body_fields, name, when, where)
         if kind == "set":
@@ -476,12 +578,36 @@ class Compiler:
             return ForEachStep(name, where, when, over=over, item_name=item, steps=sub, collect=collect)
         if kind == "first":
             branches = []
+            before_scope, before_maybe = set(scope), dict(self.maybe)
+            branch_names: list[set[str]] = []
+            seen_branches: set[str] = set()
             for b, branch in enumerate(raw["first"]):
                 bpath = path + ("first", b)
                 bwhen = self.template(branch["when"], bpath + ("when",), scope, body_fields) \
                     if "when" in branch else None
                 sub = self._steps(branch["steps"], bpath + ("steps",), scope, body_fields)
-                branches.append(Branch(branch.get("name", f"strategy {b + 1}"), bwhen, sub))
+                branch_name = branch.get("name", f"strategy {b + 1}")
+                if branch_name in seen_branches:
+                    self.problem(bpath + ("name",), f"strategy name '{branch_name}' is used twice in this 'first'")
+                seen_branches.add(branch_name)
+                branches.append(Branch(branch_name, bwhen, sub))
+                # What one strategy set, the next ones and the steps after see only maybe.
+                names = _names_set_by(branch["steps"])
+                branch_names.append(names)
+                for set_name in names:
+                    if set_name not in before_scope or set_name in before_maybe:
+                        self.maybe[set_name] = before_maybe.get(set_name) or Maybe(self.doc.line_of(bpath), None)
+            # Set for sure: what the first strategy sets when it always runs, and what every
+            # strategy sets when the last one always runs (then one of them ran).
+            definite: set[str] = set()
+            first_branches = raw["first"]
+            if first_branches and "when" not in first_branches[0]:
+                definite |= branch_names[0]
+            if first_branches and "when" not in first_branches[-1]:
+                definite |= set.intersection(*branch_names)
+            for set_name in definite:
+                if set_name not in before_maybe or set_name not in before_scope:
+                    self.maybe.pop(set_name, None)
             until = self.template(raw["until"], path + ("until",), scope, body_fields) if "until" in raw else None
             return FirstStep(name, where, when, branches=branches, until=until)
         fail = raw["fail"]
@@ -570,6 +696,101 @@ class Compiler:
             condition=self.template(raw["when"], path + ("when",), scope, body_fields) if "when" in raw else None,
             fields=self.value(raw["fields"], path + ("fields",), scope, body_fields) if "fields" in raw else None,
             rename=dict(raw.get("rename", {})))
+
+
+def _names_set(raw: Any) -> set[str]:
+    """The names one step sets in its operation's scope when it runs."""
+    if not isinstance(raw, dict):
+        return set()
+    names: set[str] = set()
+    if isinstance(raw.get("set"), dict):
+        names |= set(raw["set"])
+    if isinstance(raw.get("extract"), dict):
+        names |= set(raw["extract"])
+    if isinstance(raw.get("paginate"), dict) and "into" in raw["paginate"]:
+        names.add(raw["paginate"]["into"])
+    if "for_each" in raw and isinstance(raw.get("collect"), dict):
+        names |= set(raw["collect"])
+    if isinstance(raw.get("first"), list):
+        for branch in raw["first"]:
+            if isinstance(branch, dict):
+                names |= _names_set_by(branch.get("steps") or [])
+    return names
+
+
+def _names_set_by(steps: Any) -> set[str]:
+    return set().union(*(_names_set(step) for step in steps)) if isinstance(steps, list) and steps else set()
+
+
+@dataclass
+class Maybe:
+    """A name only some runs set: the line of the step that sets it, and that step's condition."""
+
+    line: int
+    condition: nodes.Expr | None
+
+
+def _condition(when: Compiled | None) -> nodes.Expr | None:
+    """The expression of a ``when: "{{ ... }}"``, for comparing conditions."""
+    if not isinstance(when, Expression):
+        return None
+    body = when.ast.body
+    if len(body) == 1 and isinstance(body[0], nodes.Output) and len(body[0].nodes) == 1:
+        return body[0].nodes[0]
+    return None
+
+
+def _negation(node: nodes.Expr) -> nodes.Expr | None:
+    return node.node if isinstance(node, nodes.Not) else None
+
+
+def _opposite(left: nodes.Expr | None, right: nodes.Expr | None) -> bool:
+    """``x`` and ``not x`` (also ``x is none`` and ``x is not none``)."""
+    if left is None or right is None:
+        return False
+    return _negation(left) == right or _negation(right) == left
+
+
+def _conjuncts(node: nodes.Expr | None) -> list[nodes.Expr]:
+    if node is None:
+        return []
+    if isinstance(node, nodes.And):
+        return _conjuncts(node.left) + _conjuncts(node.right)
+    return [node]
+
+
+def _reads(node: nodes.Node, name: str) -> bool:
+    return any(n.name == name for n in node.find_all(nodes.Name)) or \
+        (isinstance(node, nodes.Name) and node.name == name)
+
+
+def _guarded(ast: nodes.Template, name: str, condition: nodes.Expr | None, step_when: nodes.Expr | None) -> bool:
+    """True when a template reads a maybe-set ``name`` safely: through ``name is defined`` or
+    ``name | default(...)``, or under the very condition of the step that sets it (the
+    reading step's own ``when``, ``... if <condition> else ...``, ``<condition> and ...``)."""
+    for test in ast.find_all(nodes.Test):
+        if test.name in ("defined", "undefined") and isinstance(test.node, nodes.Name) and test.node.name == name:
+            return True
+    for used in ast.find_all(nodes.Filter):
+        if used.name in ("default", "d") and isinstance(used.node, nodes.Name) and used.node.name == name:
+            return True
+    if condition is None:
+        return False
+    if condition in _conjuncts(step_when):
+        return True
+    for branch in ast.find_all(nodes.CondExpr):
+        if condition in _conjuncts(branch.test) and _reads(branch.expr1, name):
+            return True
+        if branch.expr2 is not None and _negation(branch.test) == condition and _reads(branch.expr2, name):
+            return True
+    for both in ast.find_all(nodes.And):
+        if isinstance(both.left, nodes.Expr) and condition in _conjuncts(both.left) and _reads(both.right, name):
+            return True
+    for block in ast.find_all(nodes.If):
+        if isinstance(block.test, nodes.Expr) and condition in _conjuncts(block.test) \
+                and any(_reads(n, name) for n in block.body):
+            return True
+    return False
 
 
 def _default_step_name(kind: str, raw: dict[str, Any]) -> str:

@@ -34,6 +34,18 @@ from .upstream import Client, Inbound, Outbound
 log = logging.getLogger("mapper.pipeline")
 
 
+def describe_keys(name: str, value: Any) -> str:
+    """What a value holds, by its keys only (never values, which may be personal data):
+    the usual shape mistake is a record wrapped in an envelope such as ``{"data": {...}}``."""
+    if isinstance(value, dict):
+        keys = sorted(map(str, value))
+        shown = ", ".join(repr(k) for k in keys[:20]) + (", ..." if len(keys) > 20 else "")
+        return f"the {name} has keys [{shown}]"
+    if isinstance(value, list):
+        return f"the {name} is a list of {len(value)} item(s), not an object"
+    return f"the {name} is {type(value).__name__}, not an object"
+
+
 @dataclass
 class Where:
     """Where in the mapping a compiled piece came from, for runtime messages."""
@@ -64,7 +76,12 @@ class Extraction:
 
     def extract(self, scope: dict[str, Any]) -> Any:
         if self.expression is not None:
-            return self.expression.evaluate(scope)
+            try:
+                return self.expression.evaluate(scope)
+            except MappingRuntimeError as exc:
+                raise MappingRuntimeError(
+                    f"{exc.message.rstrip('.')}; {describe_keys('answer', scope['response'])}.",
+                    internal=exc.internal) from exc
         assert self.path is not None
         matches = [m.value for m in self.path.find(scope["response"])]
         if self.many:
@@ -74,7 +91,8 @@ class Extraction:
         if self.has_default:
             return self.default
         raise UpstreamError(
-            f"The CRM's answer had nothing at {self.path_text} for '{self.name}' ({self.where}). "
+            f"The CRM's answer had nothing at {self.path_text} for '{self.name}' ({self.where}); "
+            f"{describe_keys('answer', scope['response'])}. "
             "The CRM may have changed its API, or the mapping's path is wrong.")
 
 

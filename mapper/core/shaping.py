@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import MappingRuntimeError
 from .khoros import CASE_STATUSES
-from .pipeline import Where
+from .pipeline import Where, describe_keys
 from .templating import Compiled
 
 _ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})$")
@@ -40,7 +40,11 @@ class Shaper:
         self.where = where
 
     def one(self, record: Any, scope: dict[str, Any]) -> dict[str, Any]:
-        raw = self.shape.evaluate({**scope, "record": record})
+        try:
+            raw = self.shape.evaluate({**scope, "record": record})
+        except MappingRuntimeError as exc:
+            raise MappingRuntimeError(f"{exc.message.rstrip('.')}; {describe_keys('record', record)}.",
+                                      internal=exc.internal) from exc
         if not isinstance(raw, dict):
             raise self._fail(f"gave {type(raw).__name__}, not an object")
         obj = {key: value for key, value in raw.items() if _populated(value) or key == "interactions"}

@@ -59,6 +59,9 @@ from ..core.engine import Engine, Tenancy
 from ..errors import KhorosError
 
 SESSION_FILE = "session.yaml"
+# libyaml when PyYAML was built with it: recordings are big, the pure-Python parser slow.
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 PLACEHOLDER_ORIGIN = "http://crm.invalid"
 # Response headers that change on every run and that no mapping reads.
 NOISY_HEADERS = frozenset({"date", "server", "connection", "keep-alive", "transfer-encoding", "content-length",
@@ -128,7 +131,7 @@ class RecordingAdapter(HTTPAdapter):
         super().__init__(max_retries=0)
         self.exchanges: list[dict[str, Any]] = []
 
-    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
         response = super().send(request, *args, **kwargs)
         data = response.raw.read(decode_content=True)
         response.close()
@@ -165,7 +168,7 @@ class Recorder:
         self.secrets = {environ[name]: f"redacted-{name}" for name in sorted(secret_envs)
                         if len(environ.get(name, "")) >= 6}
         self.origins: dict[str, str] = {}
-        for name, value in sorted(environ.items()):
+        for value in sorted(environ.values()):
             parts = urlsplit(value) if isinstance(value, str) else None
             if parts and parts.scheme in ("http", "https") and parts.hostname in ("127.0.0.1", "localhost"):
                 origin = f"{parts.scheme}://{parts.netloc}"
@@ -236,9 +239,9 @@ class Recorder:
             self._save("meta", kind, None, None, trace_id, start, 200, answer)
             return answer
 
-        setattr(engine, "clock", clock)
-        setattr(engine, "run", run)
-        setattr(engine, "meta", meta)
+        engine.clock = clock
+        engine.run = run  # type: ignore[method-assign]
+        engine.meta = meta  # type: ignore[method-assign]
         return self
 
     def _save(self, operation: str, id: str | None, body: Any, tenancy: Tenancy | None, trace_id: str,
@@ -259,7 +262,7 @@ class Recorder:
 def _write_yaml(path: str, data: Any, header: str = "") -> None:
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(header)
-        yaml.safe_dump(data, handle, sort_keys=False, allow_unicode=True, width=110)
+        yaml.dump(data, handle, Dumper=_DUMPER, sort_keys=False, allow_unicode=True, width=110)
 
 
 # --- replay ------------------------------------------------------------------------------
@@ -276,7 +279,7 @@ class ReplayAdapter(HTTPAdapter):
     def load(self, exchanges: list[dict[str, Any]]) -> None:
         self.expected, self.position, self.problem = list(exchanges), 0, None
 
-    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
         actual = describe_request(request)
         index = self.position
         if index >= len(self.expected):
@@ -340,7 +343,7 @@ def find_recordings(paths: Iterable[str]) -> list[str]:
 
 def _read_yaml(path: str) -> Any:
     with open(path, encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
+        return yaml.load(handle, Loader=_LOADER)  # noqa: S506 (a safe loader: libyaml's or PyYAML's)
 
 
 CASE_FILE = re.compile(r"^\d+-[a-z_]+\.yaml$")
