@@ -346,7 +346,21 @@ class Compiler:
 
     # -- the mapping -----------------------------------------------------
 
+    def check_todos(self, value: Any, path: tuple[Any, ...] = ()) -> None:
+        """``mapper init`` leaves a string starting with TODO wherever it could not guess."""
+        if isinstance(value, str) and value.startswith("TODO"):
+            self.problem(path, f"left to fill in: {value[4:].lstrip(' :')}")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str) and key.startswith("TODO"):
+                    self.problem(path + (key,), "left to fill in: " + str(item))
+                self.check_todos(item, path + (key,))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                self.check_todos(item, path + (index,))
+
     def compile(self) -> CompiledMapping | None:
+        self.check_todos(self.doc.data)
         if not self.check_schema():
             return None
         data = self.doc.data

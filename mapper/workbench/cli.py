@@ -173,6 +173,50 @@ def test_command(paths: tuple[str, ...], quiet: bool) -> None:
 
 
 @main.command()
+@click.argument("specs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--customer", metavar="PATH", help="The collection Khoros calls customers, e.g. /persons.")
+@click.option("--case", "case_", metavar="PATH", help="The collection Khoros calls cases, e.g. /deals.")
+@click.option("--note", metavar="PATH", help="The collection that keeps a case's interactions, e.g. /notes "
+                                             "(optional; '-' for none).")
+@click.option("--name", help="The mapping's name (default: the description's title).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here instead of printing.")
+def init(specs: tuple[str, ...], customer: str | None, case_: str | None, note: str | None, name: str | None,
+         output: str | None) -> None:
+    """Start a mapping from a CRM's OpenAPI description (one or more SPECS files).
+
+    Names the customer, case and note collections by option, or asks for
+    them. Writes the model from their schemas, the requests, and a TODO
+    wherever it cannot guess: 'mapper validate' lists those until filled.
+    """
+    from .scaffold import ScaffoldError, Spec, build_mapping, collections, count_todos, find_resource, render
+
+    try:
+        loaded = [Spec.load(path) for path in specs]
+        offered = collections(loaded)
+        if customer is None or case_ is None:
+            click.echo("Collections that can be created and read one by one: " + ", ".join(offered), err=True)
+        customer = customer or click.prompt("Khoros customers are the CRM's", err=True)
+        case_ = case_ or click.prompt("Khoros cases are the CRM's", err=True)
+        if note is None:
+            note = click.prompt("Interactions are kept as (a collection, or '-' for none)", default="-", err=True)
+        title = name or str((loaded[0].data.get("info") or {}).get("title") or "my-crm")
+        mapping, notes = build_mapping(
+            loaded, find_resource(loaded, "customer", customer), find_resource(loaded, "case", case_),
+            find_resource(loaded, "note", note) if note and note != "-" else None, title)
+    except ScaffoldError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    text = render(mapping, notes, [os.path.basename(p) for p in specs])
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    with open(output, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    todos = count_todos(mapping)
+    click.echo(f"Wrote {output}: fill its {todos} TODO(s), then: mapper validate {output}", err=True)
+
+
+@main.command()
 @click.option("--mapping", "mapping_path", type=click.Path(exists=True, dir_okay=False),
               help="Mapping file to serve. Without it: the bundled demo and its mapping.")
 @click.option("--host", default="127.0.0.1", show_default=True)
