@@ -5,8 +5,8 @@ environment it was loaded with, and each Khoros call made while recording
 is one *case* file, numbered in the order the calls were made::
 
     # session.yaml
-    mapping: ../../../mappings/json-server.yaml    # relative to this directory
-    environment: {JSON_SERVER_URL: "http://crm.invalid"}
+    mapping: ../../../mappings/acme.yaml           # relative to this directory
+    environment: {ACME_URL: "http://crm.invalid"}
 
     # 004-get_customer.yaml
     operation: get_customer           # or 'meta', with the type in 'id'

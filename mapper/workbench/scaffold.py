@@ -3,13 +3,13 @@
 The integrator names three resources of the CRM by their collection path:
 the one Khoros calls customers (``/persons``), the one it calls cases
 (``/deals``) and, optionally, the one that keeps a case's interactions as
-notes (``/notes``). The description may come in several files (Pipedrive
-keeps notes in its v1 description and persons in v2); paths are joined to
+notes (``/notes``). The description may come in several files (a CRM may
+keep notes in its v1 description and persons in v2); paths are joined to
 their file's server URL, and the mapping's base URL is the origin they share.
 
 From each resource's schemas this writes the data model (the properties a
 create accepts: strings, numbers, enums, booleans, and lists of
-``{value: ...}`` such as Pipedrive's ``emails``), the CRUD requests, the
+``{value: ...}`` such as a list of ``emails``), the CRUD requests, the
 shapes, and the links between resources it can recognise (a case's
 ``person_id``, a note's ``deal_id``). Whatever it cannot know is a string
 starting with ``TODO``: ``mapper validate`` refuses a mapping that still has
