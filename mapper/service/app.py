@@ -22,6 +22,7 @@ from flask import Flask, Response, g, request
 from ..core.engine import Engine, Tenancy
 from ..core.khoros import OPERATIONS, Operation
 from ..errors import BadRequest, ConfigError, KhorosError, Problem, ServerError, Unauthorized
+from .console import console_blueprint
 from .logs import configure
 
 log = logging.getLogger("mapper.app")
@@ -44,6 +45,7 @@ class TokenCheck:
             raise ConfigError([Problem("environment", 0, "MAPPER_AUTH_TOKENS",
                                        "no Khoros token is configured; set MAPPER_AUTH_TOKENS to the secret "
                                        "registered with Khoros (several, comma-separated, while rotating)")])
+        self.tokens = tuple(tokens)
         self._tokens = [t.encode() for t in tokens]
 
     def allows(self, header: str | None) -> bool:
@@ -64,11 +66,13 @@ def _json(payload: Any, status: int) -> Response:
 
 
 def create_app(engine: Engine | None = None, *, mapping_path: str | None = None,
-               tokens: list[str] | None = None) -> Flask:
+               tokens: list[str] | None = None, console_tokens: list[str] | None = None) -> Flask:
     """Build the Khoros-facing app for one mapping.
 
     ``engine`` (or ``mapping_path``, default ``$MAPPER_MAPPING``) is loaded
-    once here; ``tokens`` default to ``$MAPPER_AUTH_TOKENS``.
+    once here; ``tokens`` default to ``$MAPPER_AUTH_TOKENS``. The console
+    (``/console``) is on only when admin tokens are given, by ``console_tokens``
+    or ``$MAPPER_CONSOLE_TOKEN``.
     """
     if engine is None:
         path = mapping_path or os.environ.get("MAPPER_MAPPING")
@@ -130,6 +134,14 @@ def create_app(engine: Engine | None = None, *, mapping_path: str | None = None,
     @app.get(f"{API_PREFIX}/meta/object/<kind>")
     def meta(kind: str) -> Response:
         return _json(engine.meta(kind, g.trace_id), 200)
+
+    admin = parse_tokens(os.environ.get("MAPPER_CONSOLE_TOKEN")) if console_tokens is None else console_tokens
+    if admin:
+        if set(admin) & set(check.tokens):
+            raise ConfigError([Problem("environment", 0, "MAPPER_CONSOLE_TOKEN",
+                                       "the console's admin token must differ from every Khoros token: "
+                                       "the console can write to the CRM")])
+        app.register_blueprint(console_blueprint(lambda: {"default": engine}, TokenCheck(admin).allows))
 
     for op in OPERATIONS:
         app.add_url_rule(API_PREFIX + op.rule, endpoint=op.name, view_func=_view(engine, op),
