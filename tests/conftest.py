@@ -130,3 +130,14 @@ def hubspot_fake() -> Iterator[Fake]:
 @pytest.fixture(scope="session")
 def hubspot_env(hubspot_fake: Fake) -> dict[str, str]:
     return {"HUBSPOT_URL": hubspot_fake.url, "HUBSPOT_TOKEN": "hs-private-app-token-123"}
+
+
+@pytest.fixture(scope="session")
+def freshdesk_fake() -> Iterator[Fake]:
+    from tests.fakes.freshdesk import FreshdeskState, create_app
+    yield from _serve_fake(create_app, FreshdeskState(api_key="fd-api-key-123"))
+
+
+@pytest.fixture(scope="session")
+def freshdesk_env(freshdesk_fake: Fake) -> dict[str, str]:
+    return {"FRESHDESK_URL": freshdesk_fake.url, "FRESHDESK_API_KEY": "fd-api-key-123"}

@@ -37,6 +37,7 @@ TARGETS: tuple[Target, ...] = (
     Target("zendesk", os.path.join(ROOT, "mappings", "zendesk.yaml"), "zendesk_env", (pytest.mark.vendor,)),
     Target("salesforce", os.path.join(ROOT, "mappings", "salesforce.yaml"), "salesforce_env", (pytest.mark.vendor,)),
     Target("hubspot", os.path.join(ROOT, "mappings", "hubspot.yaml"), "hubspot_env", (pytest.mark.vendor,)),
+    Target("freshdesk", os.path.join(ROOT, "mappings", "freshdesk.yaml"), "freshdesk_env", (pytest.mark.vendor,)),
 )
 
 
