@@ -264,6 +264,20 @@ def test_quote_literal_makes_one_literal_whatever_it_contains():
     assert ev("{{ v | quote_literal(\"'\", \"'\") }}", v="O'Brien") == "'O''Brien'"
 
 
+@pytest.mark.parametrize(("value", "expected"), [
+    ("O'Brien", "'O''Brien'"), ("''", "''''''"), ('a^b="c"\\', "'a^b=\"c\"\\'"), (None, "''"), (42, "'42'"),
+])
+def test_odata_string_doubles_single_quotes_inside_single_quotes(value, expected):
+    assert ev("{{ v | odata_string }}", v=value) == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("a^NQactive=false", "a^^NQactive=false"), ("^^", "^^^^"), ("x=y'\"\\", "x=y'\"\\"), (None, ""),
+])
+def test_encoded_query_value_doubles_every_caret(value, expected):
+    assert ev("{{ v | encoded_query_value }}", v=value) == expected
+
+
 def test_urlencode_part_encodes_everything_that_could_change_a_url():
     assert ev("{{ v | urlencode_part }}", v="a b/c?d=e&f#g") == "a%20b%2Fc%3Fd%3De%26f%23g"
 

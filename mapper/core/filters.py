@@ -131,6 +131,22 @@ def _quote_literal(value: Any, quote_char: str = '"', escape: str = "\\") -> str
     return f"{quote_char}{text}{quote_char}"
 
 
+def _odata_string(value: Any) -> str:
+    """``x | odata_string``: an OData v4 string literal, ``'O''Brien'``: wrapped in single
+    quotes with every quote doubled (OData ABNF ``string``, ``SQUOTE-in-string``). The HTTP
+    client percent-encodes the whole ``$filter`` afterwards."""
+    text = "" if value is None else str(value)
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _encoded_query_value(value: Any) -> str:
+    """``x | encoded_query_value``: a value for a caret-separated encoded query
+    (``field=value^field2=value2``), with every ``^`` doubled so that it cannot end the
+    condition or start ``^OR``/``^NQ``. ``=`` needs nothing: the first operator after the
+    field name is the operator, the rest of the condition is the value."""
+    return ("" if value is None else str(value)).replace("^", "^^")
+
+
 def urlencode_part(value: Any) -> str:
     """Percent-encode a value for use as one URL path segment."""
     return quote("" if value is None else str(value), safe="")
@@ -173,6 +189,8 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "fromjson": _fromjson,
     "backslash_escape": _backslash_escape,
     "quote_literal": _quote_literal,
+    "odata_string": _odata_string,
+    "encoded_query_value": _encoded_query_value,
     "urlencode_part": urlencode_part,
     "as_list": _as_list,
     "explode": _explode,
