@@ -141,3 +141,15 @@ def freshdesk_fake() -> Iterator[Fake]:
 @pytest.fixture(scope="session")
 def freshdesk_env(freshdesk_fake: Fake) -> dict[str, str]:
     return {"FRESHDESK_URL": freshdesk_fake.url, "FRESHDESK_API_KEY": "fd-api-key-123"}
+
+
+@pytest.fixture(scope="session")
+def servicenow_fake() -> Iterator[Fake]:
+    from tests.fakes.servicenow import ServiceNowState, create_app
+    yield from _serve_fake(create_app, ServiceNowState(user="khoros.bridge", password="sn-password-123"))
+
+
+@pytest.fixture(scope="session")
+def servicenow_env(servicenow_fake: Fake) -> dict[str, str]:
+    return {"SERVICENOW_URL": servicenow_fake.url, "SERVICENOW_USER": "khoros.bridge",
+            "SERVICENOW_PASSWORD": "sn-password-123"}

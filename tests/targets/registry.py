@@ -38,6 +38,7 @@ TARGETS: tuple[Target, ...] = (
     Target("salesforce", os.path.join(ROOT, "mappings", "salesforce.yaml"), "salesforce_env", (pytest.mark.vendor,)),
     Target("hubspot", os.path.join(ROOT, "mappings", "hubspot.yaml"), "hubspot_env", (pytest.mark.vendor,)),
     Target("freshdesk", os.path.join(ROOT, "mappings", "freshdesk.yaml"), "freshdesk_env", (pytest.mark.vendor,)),
+    Target("servicenow", os.path.join(ROOT, "mappings", "servicenow.yaml"), "servicenow_env", (pytest.mark.vendor,)),
 )
 
 
