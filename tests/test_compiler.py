@@ -191,6 +191,18 @@ def test_live_model_steps_and_fields_are_checked_like_operations():
         "m.yaml:19: model.case.live.fields.$map: unknown value 'crm_field' (did you mean 'crm_fields'?)"]
 
 
+def test_a_header_extraction_needs_a_pattern_that_compiles_with_at_most_one_group():
+    for pattern, problem in (("(([0-9a-f-]+)", "not a valid regular expression"),
+                             ("(a)(b)", "use at most one capture group")):
+        text = minimal_with('extract: {customer: "$"}',
+                            f'extract: {{customer: "$", new_id: {{header: OData-EntityId, pattern: "{pattern}"}}}}')
+        (found,) = [p for p in problems_of(text) if "pattern" in p]
+        assert "operations.get_customer.steps[0].extract.new_id.pattern" in found and problem in found
+
+
+def test_a_header_extraction_takes_no_jsonpath_keys():
+    text = minimal_with('extract: {customer: "$"}', 'extract: {customer: "$", new_id: {header: Location, many: true}}')
+    assert any("extract.new_id" in p for p in problems_of(text))
 # --- flow: names a step sets only when it runs --------------------------------------------------
 
 def _with_get_customer(steps: str, result: str = "{{ customer }}") -> str:

@@ -83,6 +83,13 @@ def crm_app(state: CrmState) -> Flask:
         return Response(f'{{"status": {code}, "kind": "{request.args.get("kind", "plain")}"}}', status=code,
                         mimetype="application/json")
 
+    @app.post("/entities")
+    def entity() -> Response:  # OData's create answer: 204, the new address only in a header
+        response = Response(status=204)
+        new = "00000000-0000-0000-0000-00000000002a"
+        response.headers["OData-EntityId"] = f"{request.host_url}api/data/v9.2/entities({new})"
+        return response
+
     @app.route("/form", methods=["POST"])
     def form() -> Response:
         return jsonify({"got": request.form.to_dict()})
@@ -194,6 +201,33 @@ def test_extract_reads_json_paths_from_the_answer(run, state):
     assert scope["status_seen"] == 200
     assert scope["typed"] == "application/json"
     assert state.requests == ["GET /people/1"]
+
+
+def test_a_header_extraction_reads_an_id_from_a_header_whatever_its_case(run, state):
+    scope = run("""
+        - request: {method: POST, path: /entities, body: {name: x}}
+          extract:
+            new_id: {header: odata-entityid, pattern: "\\\\(([0-9a-fA-F-]{36})\\\\)$"}
+            whole: {header: OData-EntityId}
+            matched: {header: OData-EntityId, pattern: "entities\\\\([^)]*\\\\)"}
+            location: {header: Location, default: "none sent"}
+        """)
+    assert scope["new_id"] == "00000000-0000-0000-0000-00000000002a"
+    assert scope["whole"].endswith("/api/data/v9.2/entities(00000000-0000-0000-0000-00000000002a)")
+    assert scope["matched"] == "entities(00000000-0000-0000-0000-00000000002a)"
+    assert scope["location"] == "none sent"
+    assert state.requests == ["POST /entities"]
+
+
+def test_a_required_header_extraction_that_finds_nothing_names_the_header_and_the_line(run):
+    with pytest.raises(UpstreamError) as caught:
+        run("""
+            - request: {method: POST, path: /entities, body: {name: x}}
+              extract: {new_id: {header: OData-EntityId, pattern: "accounts\\\\((.*)\\\\)"}}
+            """)
+    message = caught.value.message
+    assert "no OData-EntityId header matching accounts\\((.*)\\) for 'new_id'" in message
+    assert "t.yaml:26 operations.update_customer.steps[0].extract.new_id" in message
 
 
 def test_many_extractions_give_every_match_or_an_empty_list(run):

@@ -687,6 +687,18 @@ class Compiler:
             return Extraction(name, where, path=self.jsonpath(raw, path), path_text=raw)
         if isinstance(raw, str):
             return Extraction(name, where, expression=self.template(raw, path, scope, body_fields))
+        if "header" in raw:
+            pattern = None
+            if "pattern" in raw:
+                try:
+                    pattern = re.compile(raw["pattern"])
+                except re.error as exc:
+                    self.problem(path + ("pattern",), f"not a valid regular expression: {exc}")
+                else:
+                    if pattern.groups > 1:
+                        self.problem(path + ("pattern",), "use at most one capture group (its text is the value)")
+            return Extraction(name, where, header=str(raw["header"]), pattern=pattern,
+                              has_default="default" in raw, default=raw.get("default"))
         return Extraction(name, where, path=self.jsonpath(raw["path"], path + ("path",)), path_text=raw["path"],
                           many=bool(raw.get("many", False)), has_default="default" in raw,
                           default=raw.get("default"))

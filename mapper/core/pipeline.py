@@ -20,6 +20,7 @@ and per CRM call.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -73,6 +74,8 @@ class Extraction:
     has_default: bool = False
     default: Any = None
     expression: Compiled | None = None
+    header: str | None = None  # an answer header, looked up whatever its case
+    pattern: re.Pattern[str] | None = None  # applied to the header: its first group, else the whole match
 
     def extract(self, scope: dict[str, Any]) -> Any:
         if self.expression is not None:
@@ -82,6 +85,8 @@ class Extraction:
                 raise MappingRuntimeError(
                     f"{exc.message.rstrip('.')}; {describe_keys('answer', scope['response'])}.",
                     internal=exc.internal) from exc
+        if self.header is not None:
+            return self._from_header(scope["headers"])
         assert self.path is not None
         matches = [m.value for m in self.path.find(scope["response"])]
         if self.many:
@@ -94,6 +99,22 @@ class Extraction:
             f"The CRM's answer had nothing at {self.path_text} for '{self.name}' ({self.where}); "
             f"{describe_keys('answer', scope['response'])}. "
             "The CRM may have changed its API, or the mapping's path is wrong.")
+
+    def _from_header(self, headers: Any) -> Any:
+        assert self.header is not None
+        wanted = self.header.lower()
+        value = next((str(v) for k, v in (headers or {}).items() if str(k).lower() == wanted), None)
+        if value is not None and self.pattern is not None:
+            match = self.pattern.search(value)
+            value = None if match is None else match.group(1) if self.pattern.groups else match.group(0)
+        if value is not None:
+            return value
+        if self.has_default:
+            return self.default
+        what = f"{self.header} header" + (f" matching {self.pattern.pattern}" if self.pattern else "")
+        raise UpstreamError(
+            f"The CRM's answer had no {what} for '{self.name}' ({self.where}). "
+            "The CRM may have changed its API, or the mapping's header name or pattern is wrong.")
 
 
 @dataclass
