@@ -153,3 +153,17 @@ def servicenow_fake() -> Iterator[Fake]:
 def servicenow_env(servicenow_fake: Fake) -> dict[str, str]:
     return {"SERVICENOW_URL": servicenow_fake.url, "SERVICENOW_USER": "khoros.bridge",
             "SERVICENOW_PASSWORD": "sn-password-123"}
+
+
+@pytest.fixture(scope="session")
+def dynamics_fake() -> Iterator[Fake]:
+    from tests.fakes.dynamics import DynamicsState, create_app
+    yield from _serve_fake(create_app, DynamicsState(tenant="contoso-tenant", client_id="dyn-client-id",
+                                                     client_secret="dyn-client-secret-123"))
+
+
+@pytest.fixture(scope="session")
+def dynamics_env(dynamics_fake: Fake) -> dict[str, str]:
+    return {"DYNAMICS_URL": dynamics_fake.url, "DYNAMICS_LOGIN_URL": dynamics_fake.url,
+            "DYNAMICS_TENANT_ID": "contoso-tenant", "DYNAMICS_CLIENT_ID": "dyn-client-id",
+            "DYNAMICS_CLIENT_SECRET": "dyn-client-secret-123"}

@@ -39,6 +39,7 @@ TARGETS: tuple[Target, ...] = (
     Target("hubspot", os.path.join(ROOT, "mappings", "hubspot.yaml"), "hubspot_env", (pytest.mark.vendor,)),
     Target("freshdesk", os.path.join(ROOT, "mappings", "freshdesk.yaml"), "freshdesk_env", (pytest.mark.vendor,)),
     Target("servicenow", os.path.join(ROOT, "mappings", "servicenow.yaml"), "servicenow_env", (pytest.mark.vendor,)),
+    Target("dynamics", os.path.join(ROOT, "mappings", "dynamics.yaml"), "dynamics_env", (pytest.mark.vendor,)),
 )
 
 
