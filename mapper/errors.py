@@ -127,6 +127,13 @@ class ServerError(KhorosError):
     """Raised for anything unexpected; always a 500 to Khoros."""
 
 
+class Overloaded(ServerError):
+    """Raised before any CRM call when a request waited so long for a free worker that
+    what is left of the Khoros budget cannot cover the operation."""
+
+    code = "overloaded"
+
+
 class MappingRuntimeError(ServerError):
     """Raised when a mapping's template or extraction fails on real data."""
 

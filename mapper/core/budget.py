@@ -18,11 +18,15 @@ ANSWER_RESERVE = 0.5
 class Deadline:
     """A point in time by which the whole operation must have answered."""
 
-    def __init__(self, seconds: float, clock=time.monotonic) -> None:
+    def __init__(self, seconds: float, clock=time.monotonic, started: float | None = None) -> None:
+        """``started`` is when the request arrived (on ``clock``): a request that waited in a
+        queue has less left. Default: now."""
         self._clock = clock
         self.seconds = seconds
-        self.started = clock()
+        now = clock()
+        self.started = now if started is None or started > now else started
         self.ends = self.started + max(seconds - ANSWER_RESERVE, 0.0)
+        self._created = now
 
     def remaining(self) -> float:
         """Seconds left for upstream work (never negative)."""
@@ -33,6 +37,10 @@ class Deadline:
 
     def expired(self) -> bool:
         return self.remaining() <= 0.0
+
+    def waited(self) -> float:
+        """Seconds between the request's arrival and this budget's creation (queue time)."""
+        return self._created - self.started
 
     def allow(self, wanted: float) -> float:
         """How long one upstream call may take: what it wants, capped by what is left."""

@@ -10,6 +10,7 @@ reading the environment, opening the connection pool) happens once in
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import threading
@@ -26,12 +27,14 @@ from ..errors import (
     KhorosError,
     MappingRuntimeError,
     NotFound,
+    Overloaded,
     Problem,
     ServerError,
     Unsupported,
+    UpstreamTimeout,
 )
 from .auth import SIGNERS, OAuth2
-from .budget import Deadline
+from .budget import ANSWER_RESERVE, Deadline
 from .compiler import CompiledMapping, CompiledOperation, Setting, compile_document
 from .khoros import META_BUDGET, META_TYPES, OPERATION_BUDGET, OPERATIONS_BY_NAME, Operation
 from .model import (
@@ -53,6 +56,15 @@ log = logging.getLogger("mapper.engine")
 # The live data model gets less than the full /meta budget so that a stale
 # answer can still be served in time when the CRM hangs.
 LIVE_MODEL_BUDGET = 10.0
+# Kept-alive connections to the CRM per process, unless the server says how many threads it runs.
+DEFAULT_POOL_SIZE = 32
+# After a failed live-model fetch, wait 1, 2, 4... seconds before the next, up to this much
+# (or the model's cache time, if longer).
+MAX_BACKOFF = 60.0
+# An operation that has less than this left of its budget when a worker picks it up
+# (it waited in a queue) is refused before any CRM call: it would answer after Khoros
+# stopped waiting, and a write would be saved with Khoros believing it failed.
+MIN_START_SECONDS = 1.0
 
 
 @dataclass
@@ -102,8 +114,7 @@ class Engine:
                         for kind in ("customer", "case")}
         # What ``now`` reads; ``mapper test`` fixes it to the recorded moment to replay a run.
         self.clock: Callable[[], str] = utc_now
-        self._live_cache: dict[str, tuple[float, dict[str, Any]]] = {}
-        self._live_lock = threading.Lock()
+        self._live = LiveModels({kind: live.cache_seconds for kind, live in mapping.live_models.items()})
         self._merged_models: dict[str, tuple[dict[str, Any], ObjectModel]] = {}
         # Rendered once unless it depends on the OAuth answer (auth.<name>).
         self._static_base_url: str | None = None
@@ -113,8 +124,12 @@ class Engine:
     # -- construction ----------------------------------------------------
 
     @classmethod
-    def load(cls, path: str, environ: Mapping[str, str] | None = None) -> Engine:
-        """Compile ``path`` and bind it to the environment; raise ConfigError listing every problem."""
+    def load(cls, path: str, environ: Mapping[str, str] | None = None, *,
+             pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
+        """Compile ``path`` and bind it to the environment; raise ConfigError listing every problem.
+
+        ``pool_size``: connections kept open to the CRM; give it the number of requests one
+        process serves at once (its threads), or connections are opened and thrown away."""
         environ = os.environ if environ is None else environ
         doc = load_source(path)  # kept: environment problems name their lines too
         mapping = compile_document(doc)
@@ -134,7 +149,7 @@ class Engine:
             signer = signer_class(auth_values)  # type: ignore[call-arg]
         client = Client(call_timeout=mapping.timeout, max_body_bytes=mapping.max_response_bytes,
                         max_429_retries=mapping.retry_429, default_429_wait=mapping.retry_429_wait,
-                        signer=signer)
+                        signer=signer, pool_size=pool_size)
         headers = {name: str(value.evaluate(static)) for name, value in mapping.headers.items()}
         return cls(mapping, settings, secrets, client, headers)
 
@@ -154,32 +169,41 @@ class Engine:
     # -- operations ------------------------------------------------------
 
     def run(self, name: str, body: Any, *, id: str | None = None, tenancy: Tenancy | None = None,
-            trace_id: str = "-", trace: Trace | None = None) -> tuple[int, Any]:
+            trace_id: str = "-", trace: Trace | None = None, arrived: float | None = None) -> tuple[int, Any]:
         """Answer one Khoros operation: (HTTP status, JSON payload).
 
-        ``trace`` (``mapper run``) is told of every step, request and answer."""
+        ``trace`` (``mapper run``) is told of every step, request and answer.
+        ``arrived`` is when the request reached us (``time.monotonic()``): Khoros's clock
+        started then, so time spent queued for a worker is taken from the budget, and a
+        request that can no longer finish in time is refused before any CRM call."""
         op = OPERATIONS_BY_NAME[name]
         compiled = self.mapping.operations[name]
         if compiled.unsupported:
             raise Unsupported(f"This CRM does not support '{op.summary.rstrip('.')}': {compiled.unsupported}")
-        clean = self._check_input(op, body, trace_id)
-        deadline = Deadline(OPERATION_BUDGET)
+        deadline = Deadline(OPERATION_BUDGET, started=arrived)
+        if deadline.remaining() < MIN_START_SECONDS:
+            raise Overloaded(
+                f"The server is overloaded: this request waited {deadline.waited():.1f} s for a free worker, "
+                f"too long to finish within Khoros's {OPERATION_BUDGET:g} s limit, so nothing was sent to "
+                "the CRM. Add workers or threads (see the README's production section).")
+        clean = self._check_input(op, body, trace_id, deadline)
         run = self._new_run(deadline, trace_id)
         run.trace = trace
         scope = self._scope(clean, id, tenancy or Tenancy(), trace_id)
         run.run_steps(compiled.steps, scope)
         return op.success, self._shape(op, compiled, scope)
 
-    def _check_input(self, op: Operation, body: Any, trace_id: str = "-") -> dict[str, Any]:
+    def _check_input(self, op: Operation, body: Any, trace_id: str = "-",
+                     deadline: Deadline | None = None) -> dict[str, Any]:
         if op.input == "none":
             return {}
         if not isinstance(body, dict):
             raise BadRequest("The request body must be a JSON object.")
-        model = self._model_for(op.object_kind, trace_id)
+        if op.input == "bestmatch":  # a fixed Khoros shape: the data model plays no part
+            return check_bestmatch(body)
+        model = self._model_for(op.object_kind, trace_id, deadline)
         if op.input == "search":
             return model.check_search(body)
-        if op.input == "bestmatch":
-            return check_bestmatch(body)
         creating = op.input == "create"
         extra: dict[str, Callable[[Any], list[FieldError]]] = {}
         if op.object_kind == "case":
@@ -219,17 +243,30 @@ class Engine:
 
     # -- data model ------------------------------------------------------
 
-    def _model_for(self, kind: str, trace_id: str) -> ObjectModel:
+    def _model_for(self, kind: str, trace_id: str, deadline: Deadline | None = None) -> ObjectModel:
         """The model inbound bodies are checked against: the declared fields, updated by the
         CRM's live metadata when the mapping has it, since that is what Khoros's forms show
-        (a picklist value added in the CRM must be accepted, a new custom field known)."""
+        (a picklist value added in the CRM must be accepted, a new custom field known).
+
+        An operation never waits for another request's metadata call: a stale model is used
+        while one refresh runs in the background, and with nothing cached yet only one
+        request fetches (bounded by its own deadline) while the others use the declared model."""
         declared = self.mapping.models[kind]
         if kind not in self.mapping.live_models:
             return declared
-        try:
-            answer = self.meta(kind, trace_id)
-        except KhorosError:
-            return declared  # the CRM is down and nothing is cached: the declared model still holds
+        answer = self._live.cached(kind)
+        if answer is None:
+            if self._live.claim(kind):
+                budget = LIVE_MODEL_BUDGET if deadline is None else min(LIVE_MODEL_BUDGET, deadline.remaining() / 2)
+                answer = self._refresh(kind, trace_id, Deadline(budget + ANSWER_RESERVE))
+            if answer is None:
+                return declared  # the CRM is down, slow or busy being asked: the declared model still holds
+        elif self._live.stale(kind) and self._live.claim(kind):
+            threading.Thread(target=self._refresh, args=(kind, trace_id), name=f"live-{kind}-model",
+                             daemon=True).start()
+        return self._merged(kind, declared, answer)
+
+    def _merged(self, kind: str, declared: ObjectModel, answer: dict[str, Any]) -> ObjectModel:
         cached = self._merged_models.get(kind)
         if cached is not None and cached[0] is answer:
             return cached[1]
@@ -246,34 +283,60 @@ class Engine:
                 merged[live["name"]] = Field(name=live["name"], label=live["label"], type=live["type"],
                                              searchable=live["searchable"], list_values=values)
         model = ObjectModel(kind, list(merged.values()))
-        self._merged_models[kind] = (answer, model)
+        self._merged_models[kind] = (answer, model)  # one assignment: safe to race, the loser's copy is equal
         return model
 
-    def meta(self, kind: str, trace_id: str = "-") -> dict[str, Any]:
-        """The ``/meta/object/{kind}`` answer: declared fields, or the CRM's own (cached)."""
+    def meta(self, kind: str, trace_id: str = "-", arrived: float | None = None) -> dict[str, Any]:
+        """The ``/meta/object/{kind}`` answer: declared fields, or the CRM's own (cached).
+
+        A stale or missing live answer is fetched by this request unless another request is
+        already fetching it; then the last good answer is served, or, with none yet, this
+        request waits for that fetch within its own budget."""
         if kind not in META_TYPES:
             raise NotFound(f"Meta type '{kind}' is not supported; use one of: {', '.join(META_TYPES)}.")
         live = self.mapping.live_models.get(kind)
         if live is None:
             return self.mapping.models[kind].meta()
-        with self._live_lock:
-            cached = self._live_cache.get(kind)
-            if cached and time.monotonic() - cached[0] < live.cache_seconds:
-                return cached[1]
-            try:
-                answer = self._fetch_live(kind, trace_id)
-            except KhorosError as exc:
-                if cached:
-                    log.warning("trace=%s live %s model failed (%s); serving the last good answer",
-                                trace_id, kind, exc.message)
-                    return cached[1]
-                raise
-            self._live_cache[kind] = (time.monotonic(), answer)
+        deadline = Deadline(META_BUDGET, started=arrived)
+        answer = self._live.cached(kind)
+        if answer is not None and not self._live.stale(kind):
             return answer
+        if self._live.claim(kind):
+            fetched = self._refresh(kind, trace_id, Deadline(min(deadline.remaining(), LIVE_MODEL_BUDGET)
+                                                             + ANSWER_RESERVE))
+            if fetched is not None:
+                return fetched
+        elif answer is None:
+            self._live.wait(kind, deadline.remaining())
+        answer = self._live.cached(kind)
+        if answer is not None:
+            return answer
+        error = self._live.error(kind)
+        if error is not None:
+            raise copy.copy(error)  # the same instance raised in several threads would share a traceback
+        raise UpstreamTimeout(
+            f"The CRM's {kind} data model was not fetched in time; try again shortly.")
 
-    def _fetch_live(self, kind: str, trace_id: str) -> dict[str, Any]:
+    def _refresh(self, kind: str, trace_id: str, deadline: Deadline | None = None) -> dict[str, Any] | None:
+        """Fetch the live model (the caller has claimed the refresh); remember the answer or the
+        failure. Returns the new answer, or None when the fetch failed."""
+        try:
+            answer = self._fetch_live(kind, trace_id, deadline or Deadline(LIVE_MODEL_BUDGET + ANSWER_RESERVE))
+        except KhorosError as exc:
+            wait = self._live.failed(kind, exc)
+            log.warning("trace=%s live %s model failed (%s); %s, next try in %.0f s", trace_id, kind, exc.message,
+                        "serving the last good answer" if self._live.cached(kind) is not None
+                        else "using the declared model", wait)
+            return None
+        except Exception as exc:
+            self._live.failed(kind, ServerError(f"The live {kind} data model failed: {type(exc).__name__}."))
+            log.exception("trace=%s live %s model failed unexpectedly", trace_id, kind)
+            return None
+        self._live.store(kind, answer)
+        return answer
+
+    def _fetch_live(self, kind: str, trace_id: str, deadline: Deadline) -> dict[str, Any]:
         live = self.mapping.live_models[kind]
-        deadline = Deadline(min(META_BUDGET, LIVE_MODEL_BUDGET))
         run = self._new_run(deadline, trace_id)
         scope = self._scope({}, None, Tenancy(), trace_id)
         run.run_steps(live.steps, scope)
@@ -282,6 +345,73 @@ class Engine:
         declared = self.mapping.models[kind].meta()["fields"]
         names = {f["name"] for f in checked}
         return {"name": kind, "fields": [f for f in declared if f["name"] not in names] + checked}
+
+
+class LiveModels:
+    """The CRM's live data models, cached per kind, with at most one fetch in flight per kind.
+
+    The lock guards only this bookkeeping and is never held during a CRM call: a request
+    *claims* the refresh, fetches without the lock, then stores the answer or the failure.
+    A failure is remembered and backs off (1 s, 2 s, 4 s... up to the cache time, at least
+    :data:`MAX_BACKOFF`), so a CRM that is down is not asked again by every request."""
+
+    def __init__(self, cache_seconds: dict[str, float], clock: Callable[[], float] = time.monotonic) -> None:
+        self._cache_seconds = cache_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._answers: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._in_flight: dict[str, threading.Event] = {}
+        self._retry_at: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
+        self._errors: dict[str, KhorosError] = {}
+
+    def cached(self, kind: str) -> dict[str, Any] | None:
+        entry = self._answers.get(kind)
+        return entry[1] if entry else None
+
+    def stale(self, kind: str) -> bool:
+        entry = self._answers.get(kind)
+        return entry is None or self._clock() - entry[0] >= self._cache_seconds[kind]
+
+    def claim(self, kind: str) -> bool:
+        """True if the caller may fetch now: no fetch in flight and not backing off after a failure."""
+        with self._lock:
+            if kind in self._in_flight or self._clock() < self._retry_at.get(kind, 0.0):
+                return False
+            self._in_flight[kind] = threading.Event()
+            return True
+
+    def wait(self, kind: str, seconds: float) -> None:
+        event = self._in_flight.get(kind)
+        if event is not None:
+            event.wait(max(seconds, 0.0))
+
+    def store(self, kind: str, answer: dict[str, Any]) -> None:
+        with self._lock:
+            self._answers[kind] = (self._clock(), answer)
+            self._failures.pop(kind, None)
+            self._errors.pop(kind, None)
+            self._retry_at.pop(kind, None)
+            self._release(kind)
+
+    def failed(self, kind: str, error: KhorosError) -> float:
+        """Remember a failed fetch; returns the seconds before the next try."""
+        with self._lock:
+            count = self._failures.get(kind, 0)
+            self._failures[kind] = count + 1
+            wait = min(float(2 ** count), max(self._cache_seconds[kind], MAX_BACKOFF))
+            self._retry_at[kind] = self._clock() + wait
+            self._errors[kind] = error
+            self._release(kind)
+            return wait
+
+    def error(self, kind: str) -> KhorosError | None:
+        return self._errors.get(kind)
+
+    def _release(self, kind: str) -> None:
+        event = self._in_flight.pop(kind, None)
+        if event is not None:
+            event.set()
 
 
 def _check_optional_customer_id(value: Any) -> list[FieldError]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
-from ..core.engine import Engine, Tenancy
+from ..core.engine import DEFAULT_POOL_SIZE, Engine, Tenancy
 from ..core.khoros import OPERATIONS, Operation
 from ..errors import BadRequest, ConfigError, KhorosError, Problem, ServerError, Unauthorized
 from .console import console_blueprint
@@ -30,6 +30,10 @@ log = logging.getLogger("mapper.app")
 API_PREFIX = "/api/v1"
 # Only statuses Khoros knows may leave the server.
 KHOROS_STATUSES = frozenset({200, 201, 204, 400, 401, 404, 422, 500})
+# The WSGI environ key our gunicorn worker puts the request's arrival in (time.monotonic()).
+ARRIVED_KEY = "mapper.arrived"
+# An X-Request-Start older than this is a clock problem, not a queue: ignored.
+MAX_QUEUE_AGE = 600.0
 
 
 def parse_tokens(raw: str | None) -> list[str]:
@@ -61,6 +65,18 @@ class TokenCheck:
         return matched
 
 
+def pool_size_from_environ() -> int:
+    """``MAPPER_POOL_SIZE``, else ``MAPPER_THREADS`` (one connection per thread), else the default."""
+    for name in ("MAPPER_POOL_SIZE", "MAPPER_THREADS"):
+        raw = os.environ.get(name, "").strip()
+        if raw:
+            if not raw.isdigit() or int(raw) < 1:
+                raise ConfigError([Problem("environment", 0, name, f"must be a whole number of at least 1, "
+                                                                   f"not {raw!r}")])
+            return int(raw)
+    return DEFAULT_POOL_SIZE
+
+
 def _json(payload: Any, status: int) -> Response:
     return Response(json.dumps(payload), status=status, mimetype="application/json")
 
@@ -79,7 +95,7 @@ def create_app(engine: Engine | None = None, *, mapping_path: str | None = None,
         if not path:
             raise ConfigError([Problem("environment", 0, "MAPPER_MAPPING",
                                        "no mapping given; pass one or set MAPPER_MAPPING to a mapping file")])
-        engine = Engine.load(path)
+        engine = Engine.load(path, pool_size=pool_size_from_environ())
     check = TokenCheck(tokens if tokens is not None else parse_tokens(os.environ.get("MAPPER_AUTH_TOKENS")))
     redactor = configure(os.environ.get("MAPPER_LOG_LEVEL", "INFO"), engine.secret_values)
 
@@ -90,6 +106,7 @@ def create_app(engine: Engine | None = None, *, mapping_path: str | None = None,
     def start() -> Response | None:
         g.trace_id = uuid.uuid4().hex[:16]
         g.started = time.monotonic()
+        g.arrived = arrival(request.environ, g.started)
         if request.path.startswith(API_PREFIX) and not check.allows(request.headers.get("Authorization")):
             raise Unauthorized("Missing or wrong Authorization value: use the secret registered with Khoros "
                                "for this CRM.")
@@ -133,7 +150,7 @@ def create_app(engine: Engine | None = None, *, mapping_path: str | None = None,
 
     @app.get(f"{API_PREFIX}/meta/object/<kind>")
     def meta(kind: str) -> Response:
-        return _json(engine.meta(kind, g.trace_id), 200)
+        return _json(engine.meta(kind, g.trace_id, arrived=g.arrived), 200)
 
     admin = parse_tokens(os.environ.get("MAPPER_CONSOLE_TOKEN")) if console_tokens is None else console_tokens
     if admin:
@@ -161,13 +178,52 @@ def _view(engine: Engine, op: Operation) -> Callable[..., Response]:
             user_email=request.headers.get("x-sf-user-email") or request.headers.get("x-sf-email"),
             initiative=request.headers.get("x-sf-initiative"),
             company_id=request.headers.get("x-sf-company-id"))
-        status, payload = engine.run(op.name, body, id=id, tenancy=tenancy, trace_id=g.trace_id)
+        status, payload = engine.run(op.name, body, id=id, tenancy=tenancy, trace_id=g.trace_id,
+                                     arrived=g.arrived)
         if status not in KHOROS_STATUSES:  # the operation table is ours; guard it anyway
             raise ServerError(f"Operation {op.name} produced HTTP {status}, which Khoros does not know.")
         return _json(payload, status)
 
     view.__name__ = op.name
     return view
+
+
+def arrival(environ: dict[str, Any], now: float) -> float:
+    """When the request reached us, on ``time.monotonic()``'s clock: Khoros's time limit runs
+    from then, not from when a worker thread picked it up.
+
+    Two sources, the earlier wins: :data:`ARRIVED_KEY`, set by our gunicorn worker when it
+    accepted the request (see :mod:`mapper.service.server`), and a load balancer's
+    ``X-Request-Start`` header (``t=<seconds, milliseconds or microseconds since the epoch>``,
+    as nginx, Heroku and most proxies write it). A header from the future (clock skew) or
+    one that cannot be read is ignored."""
+    arrived = now
+    queued = environ.get(ARRIVED_KEY)
+    if isinstance(queued, float) and queued < arrived:
+        arrived = queued
+    header = environ.get("HTTP_X_REQUEST_START")
+    if header:
+        stamp = _epoch_seconds(header)
+        if stamp is not None:
+            age = time.time() - stamp
+            if 0 < age < MAX_QUEUE_AGE:
+                arrived = min(arrived, now - age)
+    return arrived
+
+
+def _epoch_seconds(header: str) -> float | None:
+    text = header.strip()
+    if text.startswith("t="):
+        text = text[2:]
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    if value > 1e14:  # microseconds
+        return value / 1e6
+    if value > 1e11:  # milliseconds
+        return value / 1e3
+    return value
 
 
 def _read_body() -> Any:

@@ -219,12 +219,27 @@ def init(specs: tuple[str, ...], customer: str | None, case_: str | None, note: 
 @main.command()
 @click.option("--mapping", "mapping_path", type=click.Path(exists=True, dir_okay=False),
               help="Mapping file to serve. Without it: the bundled demo and its mapping.")
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
 @click.option("--port", default=8080, show_default=True, type=int)
-def serve(mapping_path: str | None, host: str, port: int) -> None:
-    """Run the Khoros-facing server (development server; use gunicorn in production)."""
+@click.option("--workers", type=click.IntRange(min=1), envvar="MAPPER_WORKERS", show_envvar=True,
+              help="Processes (default 2: one per core of a small machine).")
+@click.option("--threads", type=click.IntRange(min=1), envvar="MAPPER_THREADS", show_envvar=True,
+              help="Requests each process serves at once (default 128); the CRM connection pool follows it.")
+@click.option("--timeout", type=click.IntRange(min=1), envvar="MAPPER_WORKER_TIMEOUT", show_envvar=True,
+              help="Seconds a silent process is given before it is replaced (default 30).")
+@click.option("--graceful-timeout", type=click.IntRange(min=1), envvar="MAPPER_GRACEFUL_TIMEOUT",
+              show_envvar=True, help="Seconds requests in flight get to finish on stop (default 10).")
+@click.option("--keepalive", type=click.IntRange(min=1), envvar="MAPPER_KEEPALIVE", show_envvar=True,
+              help="Seconds an idle client connection stays open (default 5).")
+def serve(mapping_path: str | None, host: str, port: int, workers: int | None, threads: int | None,
+          timeout: int | None, graceful_timeout: int | None, keepalive: int | None) -> None:
+    """Run the Khoros-facing server in production: gunicorn, threaded workers.
+
+    Settings not given here come from mapper/service/gunicorn_conf.py."""
     from ..core.engine import Engine
+    from ..service import gunicorn_conf
     from ..service.app import create_app, parse_tokens
+    from ..service.server import run, settings
 
     tokens = parse_tokens(os.environ.get("MAPPER_AUTH_TOKENS"))
     if mapping_path is None:
@@ -236,16 +251,22 @@ def serve(mapping_path: str | None, host: str, port: int) -> None:
             tokens = [secrets.token_urlsafe(24)]
             click.echo(f"Demo mode: MAPPER_AUTH_TOKENS is not set, so this run accepts the token\n"
                        f"    {tokens[0]}\n"
-                       f"Try: curl -H 'Authorization: {tokens[0]}' http://{host}:{port}/api/v1/meta/object/customer")
+                       f"Try: curl -H 'Authorization: {tokens[0]}' http://{host}:{port}/api/v1/meta/object/customer",
+                       )
+    options = settings({"bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"], "workers": workers,
+                        "threads": threads, "timeout": timeout, "graceful_timeout": graceful_timeout,
+                        "keepalive": keepalive})
     try:
-        engine = Engine.load(mapping_path)
+        engine = Engine.load(mapping_path, pool_size=options.get("threads", gunicorn_conf.threads))
         app = create_app(engine, tokens=tokens)
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
         sys.exit(1)
-    click.echo(f"Serving {engine.mapping.name} ({mapping_path}) on http://{host}:{port}/api/v1")
-    app.run(host=host, port=port, threaded=True)
+    click.echo(f"Serving {engine.mapping.name} ({mapping_path}) on http://{host}:{port}/api/v1 "
+               f"({options['workers']} processes x {options['threads']} threads)", )
+    sys.stdout.flush()
+    run(app, options)
 
 
 def _demo_mapping() -> str | None:
