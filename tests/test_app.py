@@ -27,7 +27,7 @@ from flask import Flask, Response, jsonify, request
 
 from mapper.core.engine import Engine
 from mapper.errors import ConfigError
-from mapper.service.app import TokenCheck, create_app, parse_tokens
+from mapper.service.app import ARRIVED_KEY, TokenCheck, arrival, create_app, parse_tokens
 from tests.support.live_server import LiveServer, serve
 
 PEOPLE_YAML = os.path.join(os.path.dirname(__file__), "mappings", "good", "people.yaml")
@@ -333,3 +333,34 @@ def test_a_crm_that_hangs_gets_khoros_a_500_inside_8_seconds(khoros):
     elapsed = time.monotonic() - started
     assert_khoros_error(answer, 500, "crm_timeout")
     assert elapsed < 8
+
+
+def test_a_request_that_waited_in_a_queue_past_the_budget_is_refused_before_the_crm(khoros, crm_state):
+    before = len(crm_state.agents)
+    queued = f"t={int((time.time() - 7.5) * 1000)}"  # a load balancer's stamp, in milliseconds
+    answer = khoros.call("GET", "/api/v1/customer/1", headers={"X-Request-Start": queued})
+    assert_khoros_error(answer, 500, "overloaded")
+    assert "The server is overloaded" in answer.json()["message"]
+    assert len(crm_state.agents) == before  # the CRM was never called
+    fresh = khoros.call("GET", "/api/v1/customer/1", headers={"X-Request-Start": f"t={time.time():.3f}"})
+    assert fresh.status_code == 200
+
+
+@pytest.mark.parametrize("header", ["t={s:.3f}", "t={ms}", "{us}", "t={s:.0f}"])
+def test_x_request_start_is_read_in_seconds_milliseconds_or_microseconds(header):
+    wall = time.time() - 3
+    text = header.format(s=wall, ms=int(wall * 1000), us=int(wall * 1_000_000))
+    now = time.monotonic()
+    assert now - arrival({"HTTP_X_REQUEST_START": text}, now) == pytest.approx(3, abs=1.1)
+
+
+@pytest.mark.parametrize("header", ["t=soon", "", f"t={time.time() + 60:.3f}", "t=1000"])
+def test_an_unreadable_future_or_ancient_x_request_start_is_ignored(header):
+    now = time.monotonic()
+    assert arrival({"HTTP_X_REQUEST_START": header}, now) == now
+
+
+def test_the_gunicorn_workers_arrival_counts_when_it_is_earlier():
+    now = time.monotonic()
+    assert arrival({ARRIVED_KEY: now - 2.0}, now) == now - 2.0
+    assert arrival({ARRIVED_KEY: now - 2.0, "HTTP_X_REQUEST_START": f"t={time.time() - 5:.3f}"}, now) < now - 4

@@ -11,7 +11,10 @@ down, an error when it was never fetched).
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +26,7 @@ from mapper.errors import (
     BadRequest,
     ConfigError,
     NotFound,
+    Overloaded,
     Unsupported,
     UpstreamError,
     UpstreamUnavailable,
@@ -55,6 +59,8 @@ class PeopleCrm:
     headers: list[dict[str, str]] = field(default_factory=list)
     fields_down: bool = False
     fields_title: str = "Team"
+    fields_hang: threading.Event | None = None  # set: /ticket_fields waits for it (a hanging CRM)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def people_app(crm: PeopleCrm) -> Flask:
@@ -101,9 +107,10 @@ def people_app(crm: PeopleCrm) -> Flask:
 
     @app.post("/tickets")
     def create_ticket() -> tuple[Response, int]:
-        tid = str(max(int(k) for k in crm.tickets) + 1)
-        crm.tickets[tid] = {"id": int(tid), "opened_at": "2024-03-01T10:00:00+01:00", "solved": False,
-                            **request.get_json()}
+        with crm.lock:
+            tid = str(max(int(k) for k in crm.tickets) + 1)
+            crm.tickets[tid] = {"id": int(tid), "opened_at": "2024-03-01T10:00:00+01:00", "solved": False,
+                                **request.get_json()}
         return jsonify({"data": crm.tickets[tid]}), 201
 
     @app.get("/tickets/<tid>")
@@ -114,6 +121,8 @@ def people_app(crm: PeopleCrm) -> Flask:
 
     @app.get("/ticket_fields")
     def ticket_fields() -> Response:
+        if crm.fields_hang is not None:
+            crm.fields_hang.wait(30)
         if crm.fields_down:
             return Response("<html>maintenance</html>", status=503, mimetype="text/html")
         return jsonify({"fields": [
@@ -379,3 +388,90 @@ def test_a_live_model_never_fetched_is_an_error_when_the_crm_is_down(engine, crm
     crm.fields_down = True
     with pytest.raises(UpstreamError, match="HTTP 503"):
         engine.meta("case")
+
+
+# Both models live and never fresh: every operation would want to fetch them again.
+BOTH_LIVE = """
+  customer:
+    live:
+      cache_seconds: 0
+      steps:
+        - request: {method: GET, path: /ticket_fields}
+          extract: {crm_fields: {path: "$.fields[*]", many: true}}
+      fields:
+        $map: "{{ crm_fields }}"
+        $as: f
+        $where: "{{ f.visible and f.key != 'title' }}"
+        $to: {name: "{{ f.key }}", label: "{{ f.title }}", type: text}
+    fields:"""
+
+
+@pytest.fixture(scope="module")
+def always_stale(server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    with open(PEOPLE_YAML, encoding="utf-8") as handle:
+        text = handle.read()
+    text = text.replace("cache_seconds: 60", "cache_seconds: 0").replace("\n  customer:\n    fields:", BOTH_LIVE, 1)
+    path = tmp_path_factory.mktemp("stale") / "people-stale.yaml"
+    path.write_text(text, encoding="utf-8")
+    engine = Engine.load(str(path), environ(server.url))
+    yield engine
+    engine.close()
+
+
+def test_a_hanging_metadata_call_holds_up_no_operation(always_stale, crm):
+    engine = Engine(always_stale.mapping, always_stale.settings, always_stale.secrets, always_stale.client,
+                    always_stale.headers)
+    assert "team" in {f["name"] for f in engine.meta("customer")["fields"]}
+    assert "team" in {f["name"] for f in engine.meta("case")["fields"]}
+    crm.fields_hang = threading.Event()
+    crm.requests.clear()
+
+    def search(n: int) -> tuple[int, float]:
+        started = time.monotonic()
+        status, found = engine.run("search_customers", {"email": "jane@example.com", "team": "x"})
+        assert [c["id"] for c in found] == ["1"]  # 'team' is known only from the cached live model
+        return status, time.monotonic() - started
+
+    def create(n: int) -> tuple[int, float]:
+        started = time.monotonic()
+        status, case = engine.run("create_case", {"customerId": "1", "title": f"Broken #{n}", "team": "billing"})
+        assert case["title"] == f"Broken #{n}"
+        return status, time.monotonic() - started
+
+    try:
+        with ThreadPoolExecutor(32) as pool:
+            answers = list(pool.map(search, range(16))) + list(pool.map(create, range(16)))
+    finally:
+        crm.fields_hang.set()
+    assert [status for status, _ in answers] == [200] * 16 + [201] * 16
+    # Khoros's limit is 8 s; the metadata call hangs for 30 s (its own timeout is 10 s).
+    assert max(seconds for _, seconds in answers) < 8
+    # One refresh per kind went out, in the background; nobody else asked the hanging endpoint.
+    assert crm.requests.count("GET /ticket_fields") == 2
+
+
+def test_a_failed_metadata_call_is_not_repeated_by_every_request(always_stale, crm):
+    engine = Engine(always_stale.mapping, always_stale.settings, always_stale.secrets, always_stale.client,
+                    always_stale.headers)
+    good = engine.meta("case")
+    crm.fields_down = True
+    crm.requests.clear()
+    for _ in range(5):
+        assert engine.meta("case") == good
+        assert engine.run("create_case", {"customerId": "1", "title": "Broken", "team": "billing"})[0] == 201
+    assert crm.requests.count("GET /ticket_fields") == 1  # then it backs off
+
+
+def test_best_match_does_not_fetch_the_data_model(always_stale, crm):
+    engine = Engine(always_stale.mapping, always_stale.settings, always_stale.secrets, always_stale.client,
+                    always_stale.headers)
+    engine.run("best_match", {"displayName": "Jane Doe"})
+    assert "GET /ticket_fields" not in crm.requests
+
+
+def test_a_request_that_queued_past_the_budget_is_refused_before_any_crm_call(engine, crm):
+    with pytest.raises(Overloaded, match=r"server is overloaded: this request waited 7\.[0-9] s"):
+        engine.run("create_case", {"customerId": "1", "title": "Late"}, arrived=time.monotonic() - 7.2)
+    assert crm.requests == []
+    status, _ = engine.run("create_case", {"customerId": "1", "title": "Late"}, arrived=time.monotonic() - 2)
+    assert status == 201  # queued, but with time enough left
