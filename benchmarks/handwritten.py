@@ -37,6 +37,10 @@ CRM_NAMES = {"firstName": "first_name", "lastName": "last_name"}
 # The demo CRM's query parameter for each searchable Khoros field, in the mapping's order.
 SEARCH_PARAMS = (("email", "email"), ("phone", "phone"), ("twitter", "twitter"),
                  ("firstName", "first_name"), ("lastName", "last_name"))
+CASE_FIELDS = frozenset({"title", "description", "status", "priority"})
+CASE_IGNORED = frozenset({"id", "number", "linkUrl", "url", "created", "lastUpdated"})
+CASE_LISTS = {"status": ("open", "closed"), "priority": ("low", "normal", "high")}
+INTERACTION_KEYS = ("created", "body", "linkUrl", "serviceId", "service", "contentType")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -119,6 +123,44 @@ class HandWrittenDemo:
         response.raise_for_status()
         return self._customer(response.json())
 
+    def create_case(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /case``: create the case, then one note per interaction; answer the case with them."""
+        if not isinstance(body, dict):
+            raise Invalid("The request body must be a JSON object.")
+        unknown = set(body) - CASE_FIELDS - {"customerId", "interactions"} - CASE_IGNORED
+        if unknown:
+            raise Invalid(f"Unknown case fields: {', '.join(sorted(unknown))}.")
+        if not body.get("customerId") or not isinstance(body["customerId"], (str, int)):
+            raise Invalid("customerId is required.")
+        if not isinstance(body.get("title"), str) or not body["title"]:
+            raise Invalid("title is required.")
+        for name in ("status", "priority"):
+            if body.get(name) not in (None, "") and body[name] not in CASE_LISTS[name]:
+                raise Invalid(f"{name} is not valid.")
+        interactions = body.get("interactions") or []
+        if not isinstance(interactions, list) or not all(
+                isinstance(i, dict) and all(isinstance(i.get(k), str) for k in INTERACTION_KEYS)
+                for i in interactions):
+            raise Invalid("interactions are incomplete.")
+        record: dict[str, Any] = {"customer_id": str(body["customerId"]), "subject": body["title"]}
+        for name in ("description", "status", "priority"):
+            if name in body:
+                record[name] = body[name]
+        case = self._post("/cases", record)
+        notes = []
+        for post in interactions:
+            author = post.get("author")
+            note: dict[str, Any] = {
+                "posted_at": post["created"], "body": post["body"], "link": post["linkUrl"],
+                "channel": post["service"], "external_id": post["serviceId"], "content_type": post["contentType"]}
+            if author is not None:
+                note.update(author_name=author.get("name"), author_handle=author.get("handle"),
+                            author_id=author.get("serviceId"), brand_owned=author.get("brandOwned"))
+            else:
+                note["brand_owned"] = False
+            notes.append(self._post(f"/cases/{_segment(str(case['id']))}/notes", note))
+        return self._case(case, notes)
+
     def get_case(self, case_id: str) -> dict[str, Any]:
         """``GET /case/<id>``: the case and its notes, the notes as Khoros interactions."""
         case = self._get(f"/cases/{_segment(case_id)}")
@@ -126,6 +168,11 @@ class HandWrittenDemo:
         return self._case(case, notes)
 
     # -- plumbing --------------------------------------------------------
+
+    def _post(self, path: str, body: dict[str, Any]) -> Any:
+        response = self.session.post(self.base_url + path, json=body, timeout=self.timeout)
+        response.raise_for_status()
+        return response.json()
 
     def _get(self, path: str, params: list[tuple[str, str]] | None = None) -> Any:
         response = self.session.get(self.base_url + path, params=params, timeout=self.timeout)
@@ -189,3 +236,50 @@ def _interaction(note: dict[str, Any]) -> dict[str, Any]:
 def _segment(value: str) -> str:
     """Ids go into URL paths; a hand-written handler must encode them too (the engine does)."""
     return quote(value, safe="")
+
+
+def create_app() -> Any:
+    """The hand-written handler as a Flask app, for gunicorn: the benchmarked Khoros routes.
+
+    ``gunicorn 'benchmarks.handwritten:create_app()'`` with ``DEMO_CRM_URL`` and
+    ``HANDWRITTEN_TOKEN`` set. Checks the Authorization header as our server does."""
+    import hmac
+    import json
+    import os
+
+    from flask import Flask, Response, request
+
+    handler = HandWrittenDemo(os.environ["DEMO_CRM_URL"])
+    token = os.environ["HANDWRITTEN_TOKEN"].encode()
+    app = Flask("handwritten")
+
+    def answer(payload: Any, status: int = 200) -> Response:
+        return Response(json.dumps(payload), status=status, mimetype="application/json")
+
+    @app.before_request
+    def check_token() -> Response | None:
+        if not hmac.compare_digest(request.headers.get("Authorization", "").encode(), token):
+            return answer({"error": "unauthorized", "message": "Wrong Authorization."}, 401)
+        return None
+
+    @app.errorhandler(Invalid)
+    def invalid(exc: Invalid) -> Response:
+        return answer({"error": "bad_request", "message": str(exc)}, 400)
+
+    @app.errorhandler(Missing)
+    def missing(exc: Missing) -> Response:
+        return answer({"error": "not_found", "message": "No such record."}, 404)
+
+    @app.get("/api/v1/customer/<customer_id>")
+    def get_customer(customer_id: str) -> Response:
+        return answer(handler.get_customer(customer_id))
+
+    @app.post("/api/v1/customers")
+    def search_customers() -> Response:
+        return answer(handler.search_customers(json.loads(request.get_data())))
+
+    @app.post("/api/v1/case")
+    def create_case() -> Response:
+        return answer(handler.create_case(json.loads(request.get_data())), 201)
+
+    return app

@@ -14,12 +14,14 @@ from typing import Any
 import pytest
 
 from mapper.core.templating import (
+    ENV,
     OMIT,
     PATH_ENV,
     Expression,
     Literal,
     TemplateCompileError,
     Text,
+    compile_string,
     compile_value,
     iter_templates,
 )
@@ -324,3 +326,58 @@ def test_literal_text_of_a_path_template_is_not_encoded():
 
 def test_path_encoding_does_not_leak_into_other_values():
     assert ev("/customers/{{ id }}", id="a/b") == "/customers/a/b"
+
+
+# --- the fast paths give exactly what Jinja gives ---------------------------------------------
+
+FAST_CONTEXT: dict[str, Any] = {
+    "record": {"id": 7, "name": "Jane", "owner": None, "tags": ["a", "b"], "items": 3, "nested": {"x": "y"},
+               "empty": "", "zero": 0},
+    "body": {"email": "j@example.com"},
+    "settings": {"base_url": "https://crm.example"},
+    "rows": [{"id": 1}],
+}
+FAST_COVERED = [
+    "{{ record.id }}", "{{ record.id | string }}", "{{ record.name }}", "{{ record.nested.x }}",
+    "{{ record['name'] }}", "{{ record.tags[1] }}", "{{ rows[0].id | string }}",
+    "{{ record.missing | default('') }}", "{{ record.missing | default(none) }}",
+    "{{ record.missing | default(omit) }}", "{{ record.owner.name | default('nobody') }}",
+    "{{ record.empty | default('x') }}", "{{ record.zero | default(5) | string }}",
+    "{{ record.missing | default(3) | string }}", "{{ record.owner | string }}",
+    "{{ body.email is defined }}", "{{ body.phone is defined }}", "{{ body.phone is not defined }}",
+    "{{ record.owner is none }}", "{{ 'DEMO-' ~ record.id }}", "{{ record.id ~ '/' ~ record.name }}",
+    "{{ settings.base_url }}/customers/{{ record.id }}", "x{{ record.missing | default('') }}y",
+    "{{ record.tags }} and {{ record.nested }}", "  {{- record.name -}}  ", "{{ record.missing }}",
+    "{{ record.owner.name }}", "{{ record.missing }}/x",
+]
+FAST_TEMPLATES = FAST_COVERED + [
+    # shapes the fast path hands to Jinja: the same answers, or the same errors
+    "{{ record.tags[-1] }}",
+    "{{ record.items }}", "{{ record.keys }}", "{{ omit }}", "{{ record.tags.0 }}", "{{ record.tags[5] | default(1) }}",
+    "{{ record.missing | string }}", "{{ nothing.at.all }}",
+    "{{ record.missing.deeper | default(1) }}", "{{ record.name | upper }}", "{{ range(2) | list }}",
+    "{{ record.__class__ }}", "{{ record.owner is none and body.email is defined }}",
+]
+
+
+def _slow(compiled: Any, context: dict[str, Any]) -> Any:
+    compiled._plan = None  # the same template, through Jinja only
+    return compiled.evaluate(context)
+
+
+@pytest.mark.parametrize("source", FAST_TEMPLATES)
+@pytest.mark.parametrize("env", [ENV, PATH_ENV], ids=["value", "path"])
+def test_the_fast_paths_answer_exactly_what_jinja_answers(source, env):
+    outcomes = []
+    for compiled in (compile_string(source, "m.yaml:1 x", env), compile_string(source, "m.yaml:1 x", env)):
+        try:
+            value: Any = compiled.evaluate(FAST_CONTEXT) if not outcomes else _slow(compiled, FAST_CONTEXT)
+            outcomes.append(("value", type(value), value if value is not OMIT else "omit"))
+        except MappingRuntimeError as exc:
+            outcomes.append(("error", MappingRuntimeError, exc.message))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_the_fast_paths_cover_the_common_shapes():
+    planned = [s for s in FAST_COVERED if compile_string(s, "m.yaml:1 x")._plan is not None]
+    assert planned == FAST_COVERED

@@ -201,8 +201,9 @@ def is_missing(value: Any) -> bool:
     return isinstance(value, _Missing)
 
 
-def _schema_errors(schema: dict[str, Any], value: Any, prefix: str) -> list[FieldError]:
-    validator = jsonschema.Draft202012Validator(schema)
+def _schema_errors(validator: jsonschema.Draft202012Validator, value: Any, prefix: str) -> list[FieldError]:
+    if validator.is_valid(value):  # the common case, and much cheaper than collecting errors
+        return []
     out = []
     for error in sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path)):
         where = prefix + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
@@ -221,13 +222,16 @@ def _schema_errors(schema: dict[str, Any], value: Any, prefix: str) -> list[Fiel
 
 INTERACTIONS_SCHEMA = _load_schema("interactions.schema.json")
 BESTMATCH_SCHEMA = _load_schema("bestmatch.schema.json")
+# Built once: a validator compiles its schema's references and keywords when it is made.
+_INTERACTIONS = jsonschema.Draft202012Validator(INTERACTIONS_SCHEMA)
+_BESTMATCH = jsonschema.Draft202012Validator(BESTMATCH_SCHEMA)
 
 
 def check_interactions(value: Any) -> list[FieldError]:
     """Khoros interactions on a case write: every one must be complete, or nothing is saved."""
     if is_missing(value) or value is None:
         return []
-    return _schema_errors(INTERACTIONS_SCHEMA, value, "interactions")
+    return _schema_errors(_INTERACTIONS, value, "interactions")
 
 
 def check_customer_id(value: Any) -> list[FieldError]:
@@ -240,7 +244,7 @@ def check_customer_id(value: Any) -> list[FieldError]:
 
 def check_bestmatch(body: dict[str, Any]) -> dict[str, Any]:
     """The best-match body has a fixed Khoros shape; anything else is a 400."""
-    errors = _schema_errors(BESTMATCH_SCHEMA, body, "")
+    errors = _schema_errors(_BESTMATCH, body, "")
     if errors:
         first = errors[0]
         raise BadRequest(f"Best-match field '{first.name.lstrip('.') or 'body'}' {first.error_message}.")

@@ -219,8 +219,9 @@ class RequestStep(Step):
         run.calls += 1
         if run.trace is not None:
             run.trace.exchange(self, outbound, answer)
-        log.info("trace=%s step=%s %s -> %s %.0fms", run.trace_id, self.name, outbound.describe(),
-                 answer.status, answer.seconds * 1000)
+        if log.isEnabledFor(logging.DEBUG):  # one INFO line per Khoros request is written by the app
+            log.debug("trace=%s step=%s %s -> %s %.0fms", run.trace_id, self.name, outbound.describe(),
+                      answer.status, answer.seconds * 1000)
         self._check(run, scope, answer, outbound)
         return answer
 

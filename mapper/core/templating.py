@@ -31,6 +31,7 @@ from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError, Undefined, meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import Markup
 
 from ..errors import MappingRuntimeError
 from .filters import FILTERS, urlencode_part
@@ -118,6 +119,222 @@ PATH_ENV = make_environment(_path_finalize)
 GLOBAL_NAMES = frozenset({"omit", "range", "dict", "lipsum", "cycler", "joiner", "namespace"})
 
 
+# --- fast paths for the common shapes ---------------------------------------------------
+#
+# Most leaves of a mapping are a plain path with perhaps ``default`` or ``string``:
+# ``{{ record.first_name }}``, ``{{ record.id | string }}``, ``{{ body.email | default(omit) }}``,
+# ``"{{ settings.base_url }}/customers/{{ record.id }}"``. Jinja builds a render context for
+# each, which costs more than the lookup itself. A *plan* does the same lookups directly on
+# the plain dicts and lists that JSON and our scopes are made of, with exactly the sandbox's
+# semantics; whenever it meets anything else (an object, a name from the globals, a missing
+# value Jinja would complain about) it answers UNKNOWN and the template runs through Jinja,
+# so results and error messages never differ.
+
+class _Marker:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+UNKNOWN = _Marker("UNKNOWN")  # the plan cannot decide: run the template through Jinja
+UNDEFINED = _Marker("UNDEFINED")  # Jinja would see an Undefined here (``default`` replaces it)
+
+Plan = Callable[[dict[str, Any]], Any]
+
+
+def _lookup_attr(obj: Any, name: str) -> Any:
+    """``obj.name`` as the sandbox reads it: attribute first, then item."""
+    if type(obj) is dict:
+        if hasattr(dict, name):  # dict.items, dict.get...: Jinja returns the method
+            return UNKNOWN
+        return obj.get(name, UNDEFINED)
+    if obj is None and not hasattr(None, name):
+        return UNDEFINED
+    return UNKNOWN
+
+
+def _lookup_item(obj: Any, key: Any) -> Any:
+    """``obj[key]`` as the sandbox reads it: item first, then attribute."""
+    if type(obj) is dict:
+        if key in obj:
+            return obj[key]
+        return UNKNOWN if isinstance(key, str) and hasattr(dict, key) else UNDEFINED
+    if type(obj) is list and type(key) is int and -len(obj) <= key < len(obj):
+        return obj[key]
+    return UNKNOWN
+
+
+def _path_plan(node: nodes.Node) -> Plan | None:
+    """A plan for ``name``, ``name.attr...``, ``name['key']``, ``name[0]`` (None if another shape)."""
+    steps: list[tuple[bool, Any]] = []
+    while isinstance(node, (nodes.Getattr, nodes.Getitem)):
+        if isinstance(node, nodes.Getattr):
+            steps.append((True, node.attr))
+        elif isinstance(node.arg, nodes.Const) and type(node.arg.value) in (str, int):
+            steps.append((False, node.arg.value))
+        else:
+            return None
+        node = node.node
+    if not isinstance(node, nodes.Name) or node.ctx != "load":
+        return None
+    root = node.name
+    steps.reverse()
+
+    def plan(context: dict[str, Any]) -> Any:
+        if root not in context:
+            return UNKNOWN  # a global such as 'omit', or a name Jinja reports as undefined
+        value = context[root]
+        for is_attr, key in steps:
+            if value is UNDEFINED:
+                return UNKNOWN  # an attribute of an Undefined: Jinja raises, with its message
+            value = _lookup_attr(value, key) if is_attr else _lookup_item(value, key)
+            if value is UNKNOWN:
+                return UNKNOWN
+        return value
+
+    return plan
+
+
+def _value_plan(node: nodes.Node) -> Plan | None:
+    """A path or constant, with ``default(constant or omit)`` and ``string`` filters applied."""
+    filters: list[nodes.Filter] = []
+    while isinstance(node, nodes.Filter):
+        filters.append(node)
+        node = node.node  # type: ignore[assignment]  # the filtered expression, never None here
+    if isinstance(node, nodes.Const):
+        constant = node.value
+        inner: Plan | None = lambda context: constant  # noqa: E731
+    else:
+        inner = _path_plan(node)
+    if inner is None:
+        return None
+    plan: Plan = inner
+    for flt in reversed(filters):
+        if flt.kwargs or flt.dyn_args or flt.dyn_kwargs:
+            return None
+        if flt.name == "string" and not flt.args:
+            plan = _string(plan)
+        elif flt.name == "default" and len(flt.args) == 1:
+            arg = flt.args[0]
+            if isinstance(arg, nodes.Const):
+                plan = _default(plan, arg.value, None)
+            elif isinstance(arg, nodes.Name) and arg.name == "omit":
+                plan = _default(plan, OMIT, "omit")
+            else:
+                return None
+        else:
+            return None
+    return plan
+
+
+def _string(inner: Plan) -> Plan:
+    def plan(context: dict[str, Any]) -> Any:
+        value = inner(context)
+        if value is UNKNOWN or value is UNDEFINED or isinstance(value, Markup):
+            return UNKNOWN  # str() of a StrictUndefined raises; Markup stays Markup
+        return str(value)
+
+    return plan
+
+
+def _default(inner: Plan, fallback: Any, name: str | None) -> Plan:
+    def plan(context: dict[str, Any]) -> Any:
+        value = inner(context)
+        if value is UNDEFINED:
+            if name is not None and name in context:
+                return UNKNOWN  # the scope shadows the global 'omit': let Jinja decide
+            return fallback
+        return value
+
+    return plan
+
+
+def _test_plan(node: nodes.Node) -> Plan | None:
+    """``path is defined`` / ``is not defined`` / ``is none`` (and ``not`` of them)."""
+    negate = False
+    if isinstance(node, nodes.Not):
+        negate, node = True, node.node
+    if not isinstance(node, nodes.Test) or node.args or node.kwargs or node.dyn_args or node.dyn_kwargs:
+        return None
+    if node.name not in ("defined", "undefined", "none"):
+        return None
+    inner = _path_plan(node.node)
+    if inner is None:
+        return None
+    kind = node.name
+
+    def plan(context: dict[str, Any]) -> Any:
+        value = inner(context)
+        if value is UNKNOWN:
+            return UNKNOWN
+        if kind == "none":
+            if value is UNDEFINED:
+                return UNKNOWN
+            result = value is None
+        else:
+            result = (value is not UNDEFINED) == (kind == "defined")
+        return result != negate
+
+    return plan
+
+
+def expression_plan(template: nodes.Template) -> Plan | None:
+    """A plan for a single-expression template's value, or None if it has another shape."""
+    if len(template.body) != 1 or not isinstance(template.body[0], nodes.Output):
+        return None
+    output = template.body[0].nodes
+    if len(output) != 1:
+        return None
+    node = output[0]
+    return _value_plan(node) or _test_plan(node) or _concat_plan(node, None)
+
+
+def _concat_plan(node: nodes.Node, finalize: Callable[[Any], Any] | None) -> Plan | None:
+    """``a ~ b ~ ...`` of values: the text of each, joined (Jinja's ``~``)."""
+    if not isinstance(node, nodes.Concat):
+        return None
+    parts = [_value_plan(n) for n in node.nodes]
+    if any(p is None for p in parts):
+        return None
+    return _join([p for p in parts if p is not None], finalize)
+
+
+def _join(parts: list[Plan | str], finalize: Callable[[Any], Any] | None) -> Plan:
+    def plan(context: dict[str, Any]) -> Any:
+        out = []
+        for part in parts:
+            if type(part) is str:
+                out.append(part)
+                continue
+            value = part(context)  # type: ignore[operator]
+            if value is UNKNOWN or value is UNDEFINED or isinstance(value, Markup):
+                return UNKNOWN
+            if finalize is not None:
+                value = finalize(value)
+            out.append(str(value))
+        return "".join(out)
+
+    return plan
+
+
+def text_plan(template: nodes.Template, finalize: Callable[[Any], Any] | None) -> Plan | None:
+    """A plan rendering text made of literal data and plain values, or None."""
+    if len(template.body) != 1 or not isinstance(template.body[0], nodes.Output):
+        return None
+    parts: list[Plan | str] = []
+    for node in template.body[0].nodes:
+        if isinstance(node, nodes.TemplateData):
+            parts.append(node.data)
+            continue
+        plan = _value_plan(node)
+        if plan is None:
+            return None
+        parts.append(plan)
+    return _join(parts, finalize)
+
+
 # --- compiled values -----------------------------------------------------
 
 class Compiled:
@@ -147,8 +364,13 @@ class Expression(Compiled):
         self.where = where
         self._fn = env.compile_expression(expr, undefined_to_none=False)
         self._ast = env.parse("{{" + expr + "}}")
+        self._plan = expression_plan(self._ast)
 
     def evaluate(self, context: dict[str, Any]) -> Any:
+        if self._plan is not None:
+            value = self._plan(context)
+            if value is not UNKNOWN and value is not UNDEFINED:  # Jinja raises for an Undefined
+                return value
         try:
             value = self._fn(**context)
         except (TemplateError, ArithmeticError, LookupError, TypeError, ValueError) as exc:
@@ -176,8 +398,16 @@ class Text(Compiled):
         self.where = where
         self._template = env.from_string(source)
         self._ast = env.parse(source)
+        self._plan = text_plan(self._ast, env.finalize)
 
     def evaluate(self, context: dict[str, Any]) -> Any:
+        if self._plan is not None:
+            try:
+                value = self._plan(context)
+            except Exception:  # finalize refused a value: Jinja raises it with our message
+                value = UNKNOWN
+            if value is not UNKNOWN:
+                return value
         try:
             return self._template.render(context)
         except (TemplateError, ArithmeticError, LookupError, TypeError, ValueError) as exc:
