@@ -44,10 +44,10 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the process and its children (gunicorn's workers), so far."""
-        return sum(_cpu_of(pid) for pid in [self.process.pid, *_children(self.process.pid)])
+        return sum(cpu_of(pid) for pid in [self.process.pid, *children(self.process.pid)])
 
 
-def _cpu_of(pid: int) -> float:
+def cpu_of(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
@@ -55,7 +55,7 @@ def _cpu_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
     out = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -132,17 +132,18 @@ def wrk(url: str, script: str, *, connections: int, seconds: float, threads: int
         handle.write(script)
         path = handle.name
     try:
-        out = subprocess.run(
+        run = subprocess.run(
             ["wrk", "--latency", "-t", str(min(threads, connections)), "-c", str(connections),
              "-d", f"{seconds:g}s", "--timeout", f"{timeout:g}s", "-s", path, url],
-            capture_output=True, text=True, check=True).stdout
+            capture_output=True, text=True, check=True)
+        out = run.stdout + run.stderr
     finally:
         os.unlink(path)
     done = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
-    if not done:
+    if not done or "99" not in dict(re.findall(r"^\s+(\d+)%\s+(\S+)\s*$", out, re.MULTILINE)):
         raise RuntimeError(f"unexpected wrk output:\n{out}")
     took = _ms(done.group(2) + done.group(3)) / 1000
-    percentiles = dict(re.findall(r"^\s+(\d+)%\s+(\S+)$", out, re.MULTILINE))
+    percentiles = dict(re.findall(r"^\s+(\d+)%\s+(\S+)\s*$", out, re.MULTILINE))
     maximum = re.search(r"Latency\s+\S+\s+\S+\s+(\S+)", out)
     socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)

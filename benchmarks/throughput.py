@@ -1,0 +1,167 @@
+"""The engine against hand-written code under gunicorn: req/s, p50/p99 and server CPU per request.
+
+Run from the repository root (needs ``wrk``: ``apt-get install wrk``)::
+
+    python -m benchmarks.throughput [--rounds 3] [--seconds 5] [--connections 16] [--threads 16]
+
+Two servers, each one gunicorn process with the same threaded worker, over
+the same canned CRM (:mod:`benchmarks.upstream`, instant answers, kept-alive
+connections):
+
+* **engine**: ``serve.py --mapping mappings/demo.yaml --workers 1 --threads N``,
+  the production command, at the default log level (INFO: one line per
+  Khoros request, written to a file);
+* **hand-written**: :func:`benchmarks.handwritten.create_app` under
+  ``gunicorn -k gthread -w 1 --threads N``: the same CRM calls with one pooled
+  ``requests.Session`` and dict literals, no logging.
+
+Three Khoros operations: customer lookup (1 CRM call), customer search by
+email (1 call), case create with one interaction (2 calls: the case, then
+its note). The answers of both sides are compared before timing. wrk then
+loads one server with one operation for ``--seconds``; servers and
+operations take turns (the order flips every round) so a busy moment of a
+shared machine hits both sides alike. Printed per operation: the median
+over rounds of req/s, p50 and p99 latency, and the server's CPU
+milliseconds per request (user + system, all of its processes), then
+engine / hand-written for throughput with the range over rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import requests
+
+from benchmarks.harness import TOKEN, Server, free_port, lua_headers, process, upstream, wrk, wrk_available
+
+INTERACTION = {"created": "2024-05-01T09:00:00Z", "body": "@acme my charger sparks",
+               "linkUrl": "https://twitter.com/janedoe/status/1", "serviceId": "1", "service": "twitter",
+               "contentType": "post",
+               "author": {"service": "twitter", "serviceId": "99", "handle": "janedoe", "name": "Jane Doe",
+                          "brandOwned": False}}
+
+
+@dataclass(frozen=True)
+class Operation:
+    label: str
+    method: str
+    path: str
+    body: dict[str, object] | None
+    crm_calls: int
+
+    def lua(self) -> str:
+        script = lua_headers() + f'wrk.method = "{self.method}"\nwrk.path = "{self.path}"\n'
+        if self.body is not None:
+            script += f"wrk.body = [[{json.dumps(self.body)}]]\n"
+        return script
+
+
+OPERATIONS = [
+    Operation("customer lookup", "GET", "/api/v1/customer/42", None, 1),
+    Operation("customer search", "POST", "/api/v1/customers", {"email": "jane@example.com"}, 1),
+    Operation("case create + 1 interaction", "POST", "/api/v1/case",
+              {"customerId": "42", "title": "Broken charger", "description": "It sparks.", "priority": "normal",
+               "interactions": [INTERACTION]}, 2),
+]
+ENGINE, HAND = "engine", "hand-written"
+
+
+def check_same_answers(servers: dict[str, Server]) -> None:
+    for op in OPERATIONS:
+        answers = {}
+        for name, server in servers.items():
+            response = requests.request(op.method, server.url + op.path, json=op.body, timeout=10,
+                                        headers={"Authorization": TOKEN})
+            answers[name] = (response.status_code, response.json())
+        if answers[ENGINE] != answers[HAND]:
+            raise SystemExit(f"The two sides answer {op.label} differently; not timing them:\n"
+                             f"{json.dumps(answers, indent=1, sort_keys=True)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput",
+                                     description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="turns per operation and side (default 3)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of one wrk run (default 5)")
+    parser.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
+    parser.add_argument("--threads", type=int, default=16, help="gunicorn threads per server (default 16)")
+    parser.add_argument("--log-level", default="INFO", help="MAPPER_LOG_LEVEL of the engine (default INFO)")
+    args = parser.parse_args(argv)
+    if not wrk_available():
+        print("wrk is not installed: apt-get install wrk", file=sys.stderr)
+        return 2
+    progress = sys.stderr
+    with ExitStack() as stack:
+        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="crm-mapper-bench-"))
+        logs = {name: stack.enter_context(open(os.path.join(folder, f"{name}.log"), "wb"))
+                for name in ("upstream", ENGINE, HAND)}
+        crm_port, engine_port, hand_port = free_port(), free_port(), free_port()
+        crm_url = f"http://127.0.0.1:{crm_port}"
+        stack.enter_context(process("upstream", upstream(crm_port), {}, crm_port, logs["upstream"], "/"))
+        env = {"DEMO_CRM_URL": crm_url, "MAPPER_AUTH_TOKENS": TOKEN, "HANDWRITTEN_TOKEN": TOKEN,
+               "MAPPER_LOG_LEVEL": args.log_level}
+        servers = {
+            ENGINE: stack.enter_context(process(ENGINE, [
+                sys.executable, "serve.py", "--mapping", "mappings/demo.yaml", "--port", str(engine_port),
+                "--workers", "1", "--threads", str(args.threads)], env, engine_port, logs[ENGINE])),
+            HAND: stack.enter_context(process(HAND, [
+                sys.executable, "-m", "gunicorn", "-k", "gthread", "-w", "1", "--threads", str(args.threads),
+                "-b", f"127.0.0.1:{hand_port}", "--no-control-socket", "benchmarks.handwritten:create_app()"],
+                env, hand_port, logs[HAND], "/")),
+        }
+        check_same_answers(servers)
+        results: dict[tuple[str, str], list[tuple[float, float, float, float, int]]] = {}
+        for op in OPERATIONS:  # warm-up: pools fill, first-call work happens, not counted
+            for server in servers.values():
+                wrk(server.url, op.lua(), connections=args.connections, seconds=1)
+        for round_number in range(args.rounds):
+            for op in OPERATIONS:
+                order = [ENGINE, HAND] if round_number % 2 == 0 else [HAND, ENGINE]
+                for name in order:
+                    server = servers[name]
+                    print(f"round {round_number + 1}/{args.rounds}: {op.label}, {name}", file=progress, flush=True)
+                    cpu_before = server.cpu_seconds()
+                    result = wrk(server.url, op.lua(), connections=args.connections, seconds=args.seconds)
+                    cpu = server.cpu_seconds() - cpu_before
+                    if result.errors:
+                        print(f"  {name}: {result.error_text}", file=progress)
+                    results.setdefault((op.label, name), []).append(
+                        (result.rps, result.p50_ms, result.p99_ms, 1000 * cpu / max(result.requests, 1),
+                         result.errors))
+    print()
+    print(f"Throughput: engine (serve.py) against hand-written Flask, each 1 gunicorn process x {args.threads} "
+          f"threads, over a canned CRM on loopback; wrk, {args.connections} connections, {args.rounds} rounds of "
+          f"{args.seconds:g} s per operation and side, interleaved; engine log level {args.log_level}")
+    print(f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs "
+          f"(load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())})")
+    print()
+    print(f"{'operation':<29} {'side':<13} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU ms/req':>10} "
+          f"{'errors':>6}")
+    for op in OPERATIONS:
+        for name in (HAND, ENGINE):
+            rows = results[(op.label, name)]
+            print(f"{op.label:<29} {name:<13} {statistics.median(r[0] for r in rows):7.0f} "
+                  f"{statistics.median(r[1] for r in rows):7.2f} {statistics.median(r[2] for r in rows):7.2f} "
+                  f"{statistics.median(r[3] for r in rows):10.2f} {sum(r[4] for r in rows):6d}")
+    print()
+    print(f"{'operation':<29} {'engine / hand-written req/s':>28} {'(rounds: min-max)':>18} "
+          f"{'CPU per request':>16}")
+    for op in OPERATIONS:
+        engine, hand = results[(op.label, ENGINE)], results[(op.label, HAND)]
+        ratio = statistics.median(r[0] for r in engine) / statistics.median(r[0] for r in hand)
+        per_round = [e[0] / h[0] for e, h in zip(engine, hand, strict=True)]
+        cpu = statistics.median(r[3] for r in engine) / statistics.median(r[3] for r in hand)
+        print(f"{op.label:<29} {ratio:28.2f} {f'{min(per_round):.2f}-{max(per_round):.2f}':>18} {cpu:15.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
