@@ -234,3 +234,25 @@ def test_best_match_shape_errors_are_bad_requests(body, message):
         check_bestmatch(body)
     assert caught.value.status == 400
     assert caught.value.message == message
+
+
+INTERACTION_OK = {"created": "2017-08-07T14:09:00Z", "body": "b", "linkUrl": "https://x/1", "serviceId": "1",
+                  "service": "twitter", "contentType": "post"}
+
+
+@pytest.mark.parametrize("value", [
+    [], [INTERACTION_OK], [{**INTERACTION_OK, "author": {"name": "Jane", "brandOwned": False}}],
+    [{**INTERACTION_OK, "author": {}}], "x", [1], [{}], [{**INTERACTION_OK, "created": ""}],
+    [{**INTERACTION_OK, "service": ""}], [{**INTERACTION_OK, "body": ""}], [{**INTERACTION_OK, "extra": 1}],
+    [{**INTERACTION_OK, "body": 5}], [{**INTERACTION_OK, "author": None}], [{**INTERACTION_OK, "author": []}],
+    [{**INTERACTION_OK, "author": {"brandOwned": 1}}], [{**INTERACTION_OK, "author": {"brandOwned": "no"}}],
+    [{**INTERACTION_OK, "author": {"name": None}}], [{**INTERACTION_OK, "author": {"team": "x"}}],
+    [{k: v for k, v in INTERACTION_OK.items() if k != "linkUrl"}],
+    [{k: v for k, v in INTERACTION_OK.items() if k != "linkUrl"} | {"author": {}}],
+    [INTERACTION_OK, {**INTERACTION_OK, "serviceId": 7}],
+])
+def test_the_direct_interactions_check_agrees_with_the_schema(value):
+    import jsonschema
+
+    from mapper.core.model import INTERACTIONS_SCHEMA, _interactions_valid
+    assert _interactions_valid(value) == jsonschema.Draft202012Validator(INTERACTIONS_SCHEMA).is_valid(value)

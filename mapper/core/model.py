@@ -227,9 +227,37 @@ _INTERACTIONS = jsonschema.Draft202012Validator(INTERACTIONS_SCHEMA)
 _BESTMATCH = jsonschema.Draft202012Validator(BESTMATCH_SCHEMA)
 
 
+_INTERACTION_TEXT = {"created": 1, "body": 0, "linkUrl": 0, "serviceId": 0, "service": 1, "contentType": 0}
+_AUTHOR_TYPES = {"service": str, "serviceId": str, "handle": str, "name": str, "brandOwned": bool}
+
+
+def _interactions_valid(value: Any) -> bool:
+    """What the interactions schema accepts, checked directly: True only if it is valid.
+    (jsonschema takes about a tenth of a millisecond per interaction; this a microsecond.)"""
+    if type(value) is not list:
+        return False
+    for item in value:
+        if type(item) is not dict or len(item) < len(_INTERACTION_TEXT):
+            return False
+        for key, shortest in _INTERACTION_TEXT.items():
+            text = item.get(key)
+            if type(text) is not str or len(text) < shortest:
+                return False
+        author = item.get("author", _MISSING)
+        if len(item) != len(_INTERACTION_TEXT) + (author is not _MISSING):
+            return False  # a key the schema does not allow
+        if author is not _MISSING:
+            if type(author) is not dict:
+                return False
+            for key, kind in author.items():
+                if _AUTHOR_TYPES.get(key) is not type(kind):
+                    return False
+    return True
+
+
 def check_interactions(value: Any) -> list[FieldError]:
     """Khoros interactions on a case write: every one must be complete, or nothing is saved."""
-    if is_missing(value) or value is None:
+    if is_missing(value) or value is None or _interactions_valid(value):
         return []
     return _schema_errors(_INTERACTIONS, value, "interactions")
 
