@@ -1,6 +1,7 @@
-"""Production serving: the same app factory under gunicorn, configured by environment.
+"""Gunicorn run by hand: the same app factory and our gunicorn config module, configured by environment.
 
-README documents ``MAPPER_MAPPING=... gunicorn 'mapper.service.app:create_app()'``;
+README documents ``MAPPER_MAPPING=... gunicorn -c python:mapper.service.gunicorn_conf
+'mapper.service.app:create_app()'`` next to ``serve.py`` (tests/test_server.py);
 this starts exactly that against the demo CRM and calls it as Khoros would.
 """
 
@@ -26,10 +27,11 @@ TOKEN = "gunicorn-test-token-0123456789"
 def gunicorn_server(demo_env: dict[str, str]) -> Iterator[str]:
     port = free_port()
     env = {**os.environ, **demo_env, "MAPPER_MAPPING": os.path.join(ROOT, "mappings", "demo.yaml"),
-           "MAPPER_AUTH_TOKENS": f"old-token-being-rotated,{TOKEN}"}
+           "MAPPER_AUTH_TOKENS": f"old-token-being-rotated,{TOKEN}", "MAPPER_BIND": f"127.0.0.1:{port}",
+           "MAPPER_WORKERS": "2", "MAPPER_THREADS": "4"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-w", "2", "--threads", "4", "-b", f"127.0.0.1:{port}",
-         "--no-control-socket", "mapper.service.app:create_app()"],
+        [sys.executable, "-m", "gunicorn", "-c", "python:mapper.service.gunicorn_conf",
+         "mapper.service.app:create_app()"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
