@@ -174,10 +174,11 @@ def _no_route() -> KhorosError:
 def _view(engine: Engine, op: Operation) -> Callable[..., Response]:
     def view(id: str | None = None) -> Response:
         body = _read_body() if op.method in ("POST", "PATCH", "PUT") else None
+        headers = request.headers  # once: each access to `request` goes through a context-local proxy
         tenancy = Tenancy(
-            user_email=request.headers.get("x-sf-user-email") or request.headers.get("x-sf-email"),
-            initiative=request.headers.get("x-sf-initiative"),
-            company_id=request.headers.get("x-sf-company-id"))
+            user_email=headers.get("x-sf-user-email") or headers.get("x-sf-email"),
+            initiative=headers.get("x-sf-initiative"),
+            company_id=headers.get("x-sf-company-id"))
         status, payload = engine.run(op.name, body, id=id, tenancy=tenancy, trace_id=g.trace_id,
                                      arrived=g.arrived)
         if status not in KHOROS_STATUSES:  # the operation table is ours; guard it anyway
