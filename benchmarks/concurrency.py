@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         server_log.flush()
         logged = Path(server_log.name).read_text(encoding="utf-8", errors="replace")
     print()
-    print(f"Concurrency: python {' '.join(command[:3])} {' '.join(command[5:])} (production command) against a CRM "
+    shown = " ".join(["serve.py", "--mapping", "mappings/demo.yaml", *serve_options])
+    print(f"Concurrency: python {shown} (the production command) against a CRM "
           f"answering every call after {args.delay * 1000:.0f} ms; wrk, {args.connections} connections for "
           f"{args.seconds:g} s; 70% lookup, 20% search, 10% case create + 1 interaction")
     print(f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs "

@@ -109,3 +109,25 @@ def test_the_command_line_overrides_the_config_module_and_leaves_the_rest():
     assert values["workers"] == 3
     assert values["threads"] == 128  # gunicorn_conf's default: the production figure
     assert values["worker_class"] == "mapper.service.server.ArrivalWorker"
+
+
+def test_the_worker_hands_the_arrival_it_noted_to_the_app_through_the_environ():
+    from mapper.service import server as module
+    from mapper.service.app import ARRIVED_KEY
+
+    seen: dict[str, object] = {}
+
+    def app(environ: dict[str, object], start_response: object) -> list[bytes]:
+        seen.update(environ)
+        return []
+
+    wrapped = module.with_arrival(app)
+    module._current.arrived = 123.5  # what ArrivalWorker.handle sets for the request it runs
+    try:
+        wrapped({}, lambda *a: None)
+    finally:
+        module._current.arrived = None
+    assert seen[ARRIVED_KEY] == 123.5
+    seen.clear()
+    wrapped({}, lambda *a: None)
+    assert ARRIVED_KEY not in seen  # not under our worker: the app takes "now"

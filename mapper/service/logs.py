@@ -60,8 +60,7 @@ def configure(level: str = "INFO", secrets: Iterable[str] = (), stream=None) -> 
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
-    # Our lines name no source file, thread or process: skip looking them up for every record
-    # (the stack walk alone costs more than formatting the line). See logging/__init__.py.
+    # Our lines name no source file or line (nor do gunicorn's): skip walking the stack to find
+    # them for every record, which costs more than formatting the line (see logging/__init__.py).
     logging._srcfile = None
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     return redactor
