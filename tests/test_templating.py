@@ -349,6 +349,12 @@ FAST_COVERED = [
     "{{ settings.base_url }}/customers/{{ record.id }}", "x{{ record.missing | default('') }}y",
     "{{ record.tags }} and {{ record.nested }}", "  {{- record.name -}}  ", "{{ record.missing }}",
     "{{ record.owner.name }}", "{{ record.missing }}/x",
+    "{{ 'closed' if record.name == 'Jane' else 'open' }}", "{{ 'x' if record.name != 'Jane' else record.id }}",
+    "{{ record.owner.name if record.owner is defined else omit }}",
+    "{{ record.id if record.missing is defined else omit }}",
+    "{{ record.name if record.tags else 'none' }}", "{{ record.name if record.empty else record.zero }}",
+    "{{ record.missing if record.missing is defined else 1 }}", "{{ record.id == 7 }}", "{{ 1 if record.x else 2 }}",
+    "{{ 1 if record.missing == 2 else 3 }}", "{{ record.missing.x if record.owner is none else 2 }}",
 ]
 FAST_TEMPLATES = FAST_COVERED + [
     # shapes the fast path hands to Jinja: the same answers, or the same errors

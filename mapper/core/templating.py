@@ -280,6 +280,68 @@ def _test_plan(node: nodes.Node) -> Plan | None:
     return plan
 
 
+_COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {"eq": lambda a, b: a == b, "ne": lambda a, b: a != b}
+
+
+def _compare_plan(node: nodes.Node) -> Plan | None:
+    """``value == value`` or ``value != value``."""
+    if not isinstance(node, nodes.Compare) or len(node.ops) != 1 or node.ops[0].op not in _COMPARISONS:
+        return None
+    left, right = _value_plan(node.expr), _value_plan(node.ops[0].expr)
+    if left is None or right is None:
+        return None
+    compare = _COMPARISONS[node.ops[0].op]
+
+    def plan(context: dict[str, Any]) -> Any:
+        a, b = left(context), right(context)
+        if a is UNKNOWN or b is UNKNOWN or a is UNDEFINED or b is UNDEFINED:
+            return UNKNOWN
+        return compare(a, b)
+
+    return plan
+
+
+def _condition_plan(node: nodes.Node) -> Plan | None:
+    """What an ``if`` tests: ``is defined``/``is none``, a comparison, or a plain value's truth."""
+    plan = _test_plan(node) or _compare_plan(node)
+    if plan is not None:
+        return plan
+    value = _value_plan(node)
+    if value is None:
+        return None
+
+    def truth(context: dict[str, Any]) -> Any:
+        result = value(context)
+        if result is UNKNOWN or result is UNDEFINED:
+            return UNKNOWN  # the truth of a StrictUndefined is an error in Jinja
+        return bool(result)
+
+    return truth
+
+
+def _conditional_plan(node: nodes.Node) -> Plan | None:
+    """``a if condition else b`` (both branches plain values)."""
+    if not isinstance(node, nodes.CondExpr) or node.expr2 is None:
+        return None
+    test, yes, no = _condition_plan(node.test), _any_value_plan(node.expr1), _any_value_plan(node.expr2)
+    if test is None or yes is None or no is None:
+        return None
+
+    def plan(context: dict[str, Any]) -> Any:
+        chosen = test(context)
+        if chosen is UNKNOWN:
+            return UNKNOWN
+        return yes(context) if chosen else no(context)
+
+    return plan
+
+
+def _any_value_plan(node: nodes.Node) -> Plan | None:
+    if isinstance(node, nodes.Name) and node.name == "omit":
+        return lambda context: UNKNOWN if "omit" in context else OMIT
+    return _value_plan(node)
+
+
 def expression_plan(template: nodes.Template) -> Plan | None:
     """A plan for a single-expression template's value, or None if it has another shape."""
     if len(template.body) != 1 or not isinstance(template.body[0], nodes.Output):
@@ -288,7 +350,8 @@ def expression_plan(template: nodes.Template) -> Plan | None:
     if len(output) != 1:
         return None
     node = output[0]
-    return _value_plan(node) or _test_plan(node) or _concat_plan(node, None)
+    return (_value_plan(node) or _test_plan(node) or _compare_plan(node) or _conditional_plan(node)
+            or _concat_plan(node, None))
 
 
 def _concat_plan(node: nodes.Node, finalize: Callable[[Any], Any] | None) -> Plan | None:
