@@ -229,10 +229,10 @@ class Recorder:
             self._save(name, id, sent, tenancy, trace_id, start, status, payload)
             return status, payload
 
-        def meta(kind: str, trace_id: str = "-") -> dict[str, Any]:
+        def meta(kind: str, trace_id: str = "-", arrived: float | None = None) -> dict[str, Any]:
             start = len(self.adapter.exchanges)
             try:
-                answer = real_meta(kind, trace_id)
+                answer = real_meta(kind, trace_id, arrived)
             except KhorosError as exc:
                 self._save("meta", kind, None, None, trace_id, start, exc.status, exc.to_json(trace_id))
                 raise
