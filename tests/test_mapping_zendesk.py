@@ -146,12 +146,29 @@ def test_a_search_value_with_quotes_and_syntax_stays_one_quoted_phrase(khoros: K
     answer = khoros.search({"name": name})
 
     assert answer.status == 200, answer.body
-    assert [c["id"] for c in answer.body] == [customer["id"]]
+    assert [c["id"] for c in answer.body] == [customer["id"]]  # found by its words, kept by the exact re-check
     (request,) = since(zendesk, mark)
     assert request.path == "/api/v2/search.json"
+    # Zendesk has no escape inside quotes: the quotes are dropped, the words stay one phrase.
     assert request.query_string == (
-        "query=type%3Auser+name%3A%22%5C%22a%5C%22+OR+type%3Aticket+" + unique + "%22&per_page=100")
-    assert zendesk.searches[-1].terms == (SearchTerm("type", "user", False), SearchTerm("name", name, True))
+        "query=type%3Auser+name%3A%22a+OR+type%3Aticket+" + unique + "%22&per_page=100")
+    assert zendesk.searches[-1].terms == (SearchTerm("type", "user", False),
+                                          SearchTerm("name", f"a OR type:ticket {unique}", True))
+
+
+def test_a_value_that_closes_the_phrase_cannot_add_a_term(khoros: KhorosClient, zendesk: ZendeskState,
+                                                          unique: str) -> None:
+    ann = make_customer(khoros, unique, name=f"Ann {unique}")
+    hostile = f'qqq" name:"Ann {unique}'
+
+    searched = khoros.search({"name": hostile})
+    matched = khoros.best_match({"displayName": hostile})
+
+    assert searched.status == 200 and matched.status == 200
+    assert searched.body == [] and matched.body == []  # Ann is not returned for someone else's name
+    for log in zendesk.searches[-2:]:
+        assert log.terms == (SearchTerm("type", "user", False), SearchTerm("name", f"qqq name: Ann {unique}", True))
+    assert ann["id"]
 
 
 def test_a_best_match_value_cannot_widen_the_query_to_tickets(khoros: KhorosClient, zendesk: ZendeskState,
@@ -162,10 +179,11 @@ def test_a_best_match_value_cannot_widen_the_query_to_tickets(khoros: KhorosClie
     assert answer.status == 200
     assert answer.body == []
     email_search, name_search = zendesk.searches[-2:]
-    assert email_search.raw_query == f'type:user email:"x\\"{unique}@example.com OR type:ticket"'
-    assert email_search.terms[1] == SearchTerm("email", f'x"{unique}@example.com OR type:ticket', True)
-    assert name_search.raw_query == f'type:user name:"\\"a\\" OR type:ticket {unique}"'
-    assert name_search.terms == (SearchTerm("type", "user", False), SearchTerm("name", display_name, True))
+    assert email_search.raw_query == f'type:user email:"x {unique}@example.com OR type:ticket"'
+    assert email_search.terms[1] == SearchTerm("email", f'x {unique}@example.com OR type:ticket', True)
+    assert name_search.raw_query == f'type:user name:"a OR type:ticket {unique}"'
+    assert name_search.terms == (SearchTerm("type", "user", False),
+                                 SearchTerm("name", f"a OR type:ticket {unique}", True))
 
 
 # --------------------------------------------------------------- statuses

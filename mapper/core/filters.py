@@ -147,6 +147,53 @@ def _encoded_query_value(value: Any) -> str:
     return ("" if value is None else str(value)).replace("^", "^^")
 
 
+def _without_surrogates(text: str) -> str:
+    """Drop lone UTF-16 surrogates: they cannot be encoded, so no CRM could receive them."""
+    return text.encode("utf-8", "ignore").decode("utf-8") if any("\ud800" <= ch <= "\udfff" for ch in text) else text
+
+
+# Characters a search phrase cannot carry when the grammar has no escape inside quotes.
+_PHRASE_BREAKERS = re.compile(r'["\\\s\x00-\x1f\x7f]+')
+
+
+def _search_phrase(value: Any) -> str:
+    """``name | search_phrase``: a double-quoted phrase for a search syntax that has
+    **no escape inside quotes** (a ``"`` always ends the phrase, a ``\\`` is not special).
+
+    Such a grammar cannot carry ``"`` or ``\\`` at all, so each run of them (and of
+    whitespace and control characters) becomes one space: the words still match, and no
+    value can close the phrase and add a term. The result is always exactly one phrase;
+    a value with nothing left gives ``""``, which a mapping should not search for. Since
+    the phrase is looser than the value, the mapping must re-check results for exact
+    matches (``match_all`` or a ``$where``)."""
+    text = _without_surrogates("" if value is None else str(value))
+    return '"' + _PHRASE_BREAKERS.sub(" ", text).strip() + '"'
+
+
+# SOQL's quoted-string escapes (SOQL and SOSL Reference, "Quoted String Escape Sequences").
+_SOQL_ESCAPES = {"\\": "\\\\", "'": "\\'", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t",
+                 "\b": "\\b", "\f": "\\f"}
+
+
+def _soql_string(value: Any) -> str:
+    """``email | soql_string``: a single-quoted SOQL string literal for ``=``, ``!=`` and ``IN``.
+
+    Uses only the documented escapes (``\\\\ \\' \\" \\n \\r \\t \\b \\f``); other
+    control characters have no documented escape, so they are removed. ``%`` and ``_``
+    are left as they are: they are wildcards only in ``LIKE``, and ``\\%`` outside a LIKE
+    is an error."""
+    text = _without_surrogates("" if value is None else str(value))
+    out = []
+    for ch in text:
+        if ch in _SOQL_ESCAPES:
+            out.append(_SOQL_ESCAPES[ch])
+        elif ch < " " or ch == "\x7f":
+            continue
+        else:
+            out.append(ch)
+    return "'" + "".join(out) + "'"
+
+
 def urlencode_part(value: Any) -> str:
     """Percent-encode a value for use as one URL path segment."""
     return quote("" if value is None else str(value), safe="")
@@ -191,6 +238,8 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "quote_literal": _quote_literal,
     "odata_string": _odata_string,
     "encoded_query_value": _encoded_query_value,
+    "search_phrase": _search_phrase,
+    "soql_string": _soql_string,
     "urlencode_part": urlencode_part,
     "as_list": _as_list,
     "explode": _explode,

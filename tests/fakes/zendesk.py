@@ -291,9 +291,9 @@ def parse_search_query(query: str) -> list[SearchTerm]:
     """Split a Zendesk search string into terms.
 
     Supported: ``word``, ``"a phrase"``, ``field:value``, ``field:"a phrase"``.
-    Inside quotes ``\\"`` and ``\\\\`` are literal characters (see the doc for
-    why this reading was chosen); an unescaped ``"`` ends the phrase, and an
-    unterminated phrase runs to the end. ``<``, ``>``, a leading ``-`` and an
+    Zendesk documents no escape inside quotes, so the fake reads the docs
+    literally: every ``"`` ends the phrase and a backslash is an ordinary
+    character. An unterminated phrase runs to the end. ``<``, ``>``, a leading ``-`` and an
     unquoted ``*`` are real Zendesk operators the fake does not model: they
     raise ``UnsupportedQuery`` rather than being silently misread.
     """
@@ -326,10 +326,7 @@ def _read_phrase(query: str, i: int) -> tuple[str, int]:
     i += 1
     while i < len(query):
         char = query[i]
-        if char == "\\" and i + 1 < len(query) and query[i + 1] in '"\\':
-            out.append(query[i + 1])
-            i += 2
-        elif char == '"':
+        if char == '"':
             return "".join(out), i + 1
         else:
             out.append(char)
@@ -365,10 +362,20 @@ def _phrase_in(text: Any, phrase: str) -> bool:
     return re.search(r"(?<!\w)" + re.escape(phrase.lower()), text.lower()) is not None
 
 
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
 def _equals(stored: Any, wanted: str) -> bool:
+    """A field term matches its value ignoring case; a quoted one also matches the same
+    words with other punctuation (Zendesk indexes words, so ``O Brien`` finds ``O"Brien``)."""
+    def same(value: Any) -> bool:
+        text = str(value)
+        return text.lower() == wanted.lower() or bool(_words(wanted)) and _words(text) == _words(wanted)
+
     if isinstance(stored, list):
-        return any(str(v).lower() == wanted.lower() for v in stored)
-    return stored is not None and str(stored).lower() == wanted.lower()
+        return any(same(v) for v in stored)
+    return stored is not None and same(stored)
 
 
 def _user_matches(state: ZendeskState, user: dict[str, Any], term: SearchTerm) -> bool:
