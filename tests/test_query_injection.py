@@ -13,6 +13,7 @@ through a recording CRM.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from tests.conftest import Fake
 from tests.fakes.salesforce import Comparison, Literal, Logical, Not
 from tests.support.khoros import KhorosClient
 from tests.support.live_server import LiveServer
-from tests.support.recording_crm import RecordingCrm, Seen
+from tests.support.recording_crm import RecordingCrm
 from tests.targets.registry import ROOT
 
 CORPUS = [
@@ -141,7 +142,7 @@ def targets(request: pytest.FixtureRequest, bridge: Callable[[str, dict[str, str
             state = fake.state
             reader = {"zendesk": _zendesk_atoms, "salesforce": _salesforce_atoms, "hubspot": _hubspot_atoms}[name]
             mark = (lambda: len(state.searches)) if name == "zendesk" else (lambda: len(state.requests))
-            atoms = (lambda m: reader(state, m))
+            atoms = functools.partial(reader, state)
         model = Engine.load(path, env).mapping.models["customer"]
         return Target(bridge(path, env), model, mark, atoms)
 

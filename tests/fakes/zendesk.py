@@ -371,7 +371,7 @@ def _equals(stored: Any, wanted: str) -> bool:
     words with other punctuation (Zendesk indexes words, so ``O Brien`` finds ``O"Brien``)."""
     def same(value: Any) -> bool:
         text = str(value)
-        return text.lower() == wanted.lower() or bool(_words(wanted)) and _words(text) == _words(wanted)
+        return text.lower() == wanted.lower() or (bool(_words(wanted)) and _words(text) == _words(wanted))
 
     if isinstance(stored, list):
         return any(same(v) for v in stored)
