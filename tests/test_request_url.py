@@ -91,3 +91,26 @@ def test_a_request_needs_exactly_one_of_path_and_url() -> None:
         'url: "{{ next }}"', 'url: "{{ next }}", path: /x')
     with pytest.raises(ConfigError, match="exactly one of 'path'"):
         compile_document(load_source("links.yaml", text))
+
+
+@pytest.mark.parametrize(("link", "followed"), [
+    ("https://crm.example/api/v1/people/page/2", True),
+    ("HTTPS://CRM.example:443/api/v1/people/page/2", True),   # the same origin, spelled differently
+    ("/api/v1/people/page/2", True),
+    ("http://crm.example/api/v1/people/page/2", False),       # clear text: the credentials would be readable
+    ("https://crm.example:8443/api/v1/people/page/2", False),  # another port is another server
+    ("https://crm.example.evil.io/api/v1/people/page/2", False),
+    ("https://user:pw@crm.example/api/v1/people/page/2", False),
+    ("//crm.example/api/v1/people/page/2", False),
+    ("ftp://crm.example/api/v1/people/page/2", False),
+    ("https://crm.example:xyz/api/v1/people/page/2", False),
+])
+def test_a_link_must_have_the_base_urls_scheme_host_and_port(link: str, followed: bool) -> None:
+    from mapper.core.pipeline import Where, _same_host_url
+
+    where = Where("m.yaml", 1, "k")
+    if followed:
+        assert _same_host_url(link, "https://crm.example/api/v1", where).lower().endswith("/api/v1/people/page/2")
+    else:
+        with pytest.raises(MappingRuntimeError, match="scheme, host and port"):
+            _same_host_url(link, "https://crm.example/api/v1", where)

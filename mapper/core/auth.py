@@ -103,6 +103,7 @@ class OAuth2(Signer):
         self._token: str | None = None
         self._expires_at: float | None = None
         self.values: dict[str, Any] = {}
+        self.issued: set[str] = set()  # every token the CRM issued, for redaction
         self.token_requests = 0
 
     def ensure(self, client: Client, deadline: Deadline) -> None:
@@ -140,12 +141,14 @@ class OAuth2(Signer):
             raise UpstreamError(
                 f"The CRM's token endpoint refused our OAuth credentials (HTTP {answer.status}). "
                 "Check the client id, secret or refresh token this mapping reads from the environment.",
-                code="crm_auth_failed", internal=answer.text[:300])
+                code="crm_auth_failed", internal=answer.text)  # cut after redaction, by the engine
         matches = self._token_path.find(answer.body)
         if not matches or not matches[0].value:
             raise UpstreamError("The CRM's token endpoint answered without an access token.",
                                 code="crm_auth_failed")
         self._token = str(matches[0].value)
+        self.issued |= {str(v) for k, v in (answer.body if isinstance(answer.body, dict) else {}).items()
+                        if k in ("access_token", "refresh_token", "id_token") and v} | {self._token}
         self._expires_at = None
         if self._expires_path is not None:
             found = self._expires_path.find(answer.body)

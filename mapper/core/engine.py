@@ -47,6 +47,7 @@ from .model import (
     check_interactions,
 )
 from .pipeline import Run, Trace
+from .redaction import Redactor, clean_error
 from .shaping import Shaper
 from .source import load_source
 from .upstream import Client, Signer
@@ -115,6 +116,9 @@ class Engine:
         # What ``now`` reads; ``mapper test`` fixes it to the recorded moment to replay a run.
         self.clock: Callable[[], str] = utc_now
         self._live = LiveModels({kind: live.cache_seconds for kind, live in mapping.live_models.items()})
+        # Every form of every credential, including tokens fetched later, is removed from
+        # errors leaving the engine and (through the service's logging) from every log line.
+        self.redactor = Redactor(sources=[lambda: self.secret_values])
         self._merged_models: dict[str, tuple[dict[str, Any], ObjectModel]] = {}
         # Rendered once unless it depends on the OAuth answer (auth.<name>).
         self._static_base_url: str | None = None
@@ -155,13 +159,11 @@ class Engine:
 
     @property
     def secret_values(self) -> list[str]:
-        """Every secret value in use, so logging can redact them."""
+        """Every secret value in use: the mapping's ``secrets:``, and what the signer sends or
+        received (a rendered Authorization header, an API key even when a mapping took it from
+        ``settings:``, OAuth access and refresh tokens), so that none is ever shown."""
         values = [str(v) for v in self.secrets.values() if v]
-        signer = self.client.signer
-        token = getattr(signer, "_token", None)
-        if token:
-            values.append(str(token))
-        return values
+        return values + _signer_credentials(self.client.signer)
 
     def close(self) -> None:
         self.client.close()
@@ -176,6 +178,14 @@ class Engine:
         ``arrived`` is when the request reached us (``time.monotonic()``): Khoros's clock
         started then, so time spent queued for a worker is taken from the budget, and a
         request that can no longer finish in time is refused before any CRM call."""
+        try:
+            return self._run(name, body, id=id, tenancy=tenancy, trace_id=trace_id, trace=trace, arrived=arrived)
+        except KhorosError as exc:
+            clean_error(exc, self.redactor)
+            raise
+
+    def _run(self, name: str, body: Any, *, id: str | None, tenancy: Tenancy | None,
+             trace_id: str, trace: Trace | None, arrived: float | None) -> tuple[int, Any]:
         op = OPERATIONS_BY_NAME[name]
         compiled = self.mapping.operations[name]
         if compiled.unsupported:
@@ -223,7 +233,7 @@ class Engine:
             base_url = str(self.mapping.base_url.evaluate(
                 {"settings": self.settings, "secrets": self.secrets, "auth": getattr(signer, "values", {})}))
         return Run(self.client, deadline, trace_id, base_url.rstrip("/"), self.headers,
-                   self.mapping.errors)
+                   self.mapping.errors, redact=self.redactor.redact_value)
 
     def _scope(self, body: dict[str, Any], id: str | None, tenancy: Tenancy, trace_id: str) -> dict[str, Any]:
         return {"body": body, "id": id, "khoros": tenancy.as_dict(), "settings": self.settings,
@@ -292,6 +302,13 @@ class Engine:
         A stale or missing live answer is fetched by this request unless another request is
         already fetching it; then the last good answer is served, or, with none yet, this
         request waits for that fetch within its own budget."""
+        try:
+            return self._meta(kind, trace_id, arrived)
+        except KhorosError as exc:
+            clean_error(exc, self.redactor)
+            raise
+
+    def _meta(self, kind: str, trace_id: str, arrived: float | None) -> dict[str, Any]:
         if kind not in META_TYPES:
             raise NotFound(f"Meta type '{kind}' is not supported; use one of: {', '.join(META_TYPES)}.")
         live = self.mapping.live_models.get(kind)
@@ -412,6 +429,20 @@ class LiveModels:
         event = self._in_flight.pop(kind, None)
         if event is not None:
             event.set()
+
+
+def _signer_credentials(signer: Signer) -> list[str]:
+    """What a signer from :mod:`mapper.core.auth` sends or was given: the rendered header or
+    query value, the OAuth form's secrets and every token the CRM issued at run time."""
+    found: list[str] = []
+    for name in ("_header", "_value", "_token"):
+        value = getattr(signer, name, None)
+        if value:
+            found.append(str(value))
+    form = getattr(signer, "_form", None) or {}
+    found += [str(form[k]) for k in ("client_secret", "refresh_token") if form.get(k)]
+    found += [str(v) for v in getattr(signer, "issued", ()) if v]
+    return found
 
 
 def _check_optional_customer_id(value: Any) -> list[FieldError]:

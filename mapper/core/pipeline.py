@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from jsonpath_ng import JSONPath
+from requests.structures import CaseInsensitiveDict
 
 from ..errors import FieldError, KhorosError, MappingRuntimeError, UpstreamError, error_for_code
 from .budget import Deadline
@@ -276,15 +278,17 @@ class RequestStep(Step):
         if accepted and not self.errors:
             return  # the common case: nothing to judge, so no scope or message is built
         answer_scope = {**scope, "response": answer.body, "status": answer.status, "headers": answer.headers}
-        internal = f"{outbound.describe()} -> {answer.status}: {answer.text[:300]}"
-        for rule in self.errors:
+        # The CRM's text may echo our credentials: an error is built from a redacted copy of the
+        # answer, and cut only after redaction (a cut could leave the start of a secret behind).
+        internal = f"{outbound.describe()} -> {answer.status}: {run.redact(answer.text)[:300]}"
+        rules = self.errors if accepted else [*self.errors, *run.mapping_errors]
+        for rule in rules:
             if rule.matches(answer, answer_scope):
-                raise rule.to_error(answer_scope, internal=internal)
+                shown = {**answer_scope, "response": run.redact(answer.body),
+                         "headers": CaseInsensitiveDict(run.redact(dict(answer.headers)))}
+                raise rule.to_error(shown, internal=internal)
         if accepted:
             return
-        for rule in run.mapping_errors:
-            if rule.matches(answer, answer_scope):
-                raise rule.to_error(answer_scope, internal=internal)
         if answer.status in (401, 403):
             message = (f"The CRM refused our credentials (HTTP {answer.status}) for {outbound.describe()}. "
                        "Check the secrets this mapping reads from the environment.")
@@ -294,18 +298,28 @@ class RequestStep(Step):
         raise UpstreamError(message, code="crm_error", internal=internal)
 
 
+def _origin(scheme: str, host: str | None, port: int | None) -> tuple[str, str, int | None]:
+    return scheme.lower(), (host or "").lower(), port or {"http": 80, "https": 443}.get(scheme.lower())
+
+
 def _same_host_url(link: str, base_url: str, where: Where) -> str:
-    """A link from the CRM (``/next/page`` or ``https://crm/next``), refused if it would
-    take the request, and the CRM credentials with it, to another host."""
+    """A link from the CRM (``/next/page`` or ``https://crm/next``), refused unless it has
+    the base URL's scheme, host and port: another host would get the CRM credentials, and
+    ``http://`` for an ``https://`` base would send them in clear text."""
     base = urlsplit(base_url)
-    target = urlsplit(link)
-    if not target.scheme and link.startswith("/") and not link.startswith("//"):
+    if not urlsplit(link).scheme and link.startswith("/") and not link.startswith("//"):
         return f"{base.scheme}://{base.netloc}{link}"
-    if target.scheme in ("http", "https") and target.netloc == base.netloc:
+    try:
+        target = urlsplit(link)
+        same = target.scheme.lower() in ("http", "https") and not target.username and not target.password \
+            and _origin(target.scheme, target.hostname, target.port) == _origin(base.scheme, base.hostname, base.port)
+    except ValueError:  # a port that is not a number
+        same = False
+    if same:
         return link
     raise MappingRuntimeError(
         f"The request URL built at {where} is not on the CRM's host; the engine only sends "
-        "requests (and credentials) to the host of connection.base_url.")
+        "requests (and credentials) to the scheme, host and port of connection.base_url.")
 
 
 def _query_text(value: Any) -> str:
@@ -430,6 +444,8 @@ class Run:
     mapping_errors: list[ErrorRule]
     calls: int = 0
     trace: Trace | None = None
+    # Removes credentials from CRM text before it can become an error message.
+    redact: Callable[[Any], Any] = field(default=lambda value: value)
 
     def run_steps(self, steps: list[Step], scope: dict[str, Any]) -> None:
         if self.trace is not None:

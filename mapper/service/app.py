@@ -96,8 +96,10 @@ def create_app(engine: Engine | None = None, *, mapping_path: str | None = None,
             raise ConfigError([Problem("environment", 0, "MAPPER_MAPPING",
                                        "no mapping given; pass one or set MAPPER_MAPPING to a mapping file")])
         engine = Engine.load(path, pool_size=pool_size_from_environ())
-    check = TokenCheck(tokens if tokens is not None else parse_tokens(os.environ.get("MAPPER_AUTH_TOKENS")))
-    redactor = configure(os.environ.get("MAPPER_LOG_LEVEL", "INFO"), engine.secret_values)
+    khoros_tokens = tokens if tokens is not None else parse_tokens(os.environ.get("MAPPER_AUTH_TOKENS"))
+    check = TokenCheck(khoros_tokens)
+    engine.redactor.add(khoros_tokens)  # the Khoros secrets are never shown either
+    configure(os.environ.get("MAPPER_LOG_LEVEL", "INFO"), redactor=engine.redactor)
 
     app = Flask("mapper")
     app.config["ENGINE"] = engine
@@ -115,7 +117,6 @@ def create_app(engine: Engine | None = None, *, mapping_path: str | None = None,
     @app.after_request
     def finish(response: Response) -> Response:
         if request.path != "/healthz":
-            redactor.add(engine.secret_values)
             log.info("trace=%s %s %s -> %s %.0fms", g.get("trace_id", "-"), request.method, request.path,
                      response.status_code, (time.monotonic() - g.get("started", time.monotonic())) * 1000)
         response.headers["X-Trace-Id"] = g.get("trace_id", "-")

@@ -1,57 +1,107 @@
 """Logging set-up: one line per event, trace ids in every line, secrets redacted.
 
 Secrets come from the environment and must never reach a log, even through
-an upstream error body that happens to echo a token. The redacting filter is
-installed on the handler, so it also covers log calls from libraries.
+an upstream error body that happens to echo a token, a library's debug line
+(urllib3 logs each URL, query string included) or a traceback. Redaction is
+therefore done where every log record is born: :func:`configure` installs a
+log-record factory that rewrites each record's message (and its traceback,
+which it folds into the message) through every active
+:class:`~mapper.core.redaction.Redactor`, whichever logger or handler the
+record then goes to. The ``mapper`` handler also keeps its own filter, for
+records made before the factory was installed.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
+import weakref
 from collections.abc import Iterable
+from typing import Any
 
-REDACTED = "***"
+from ..core.redaction import REDACTED, Redactor
+
+__all__ = ["REDACTED", "RedactSecrets", "configure", "scrub"]
+
+_ACTIVE: weakref.WeakSet[Redactor] = weakref.WeakSet()
+_install_lock = threading.Lock()
+_installed = False
+
+
+def scrub(record: logging.LogRecord, redactors: Iterable[Redactor]) -> None:
+    """Rewrite ``record`` in place so that its message, traceback and stack carry no secret."""
+    redactors = list(redactors)
+    if not redactors:
+        return
+    try:
+        message = record.getMessage()
+    except Exception:  # a broken format string: logging reports it later; show nothing of the args
+        message, record.args = str(record.msg), None
+    redacted = message
+    for redactor in redactors:
+        redacted = redactor.redact(redacted)
+    if record.exc_info:
+        text = logging.Formatter().formatException(record.exc_info)
+        for redactor in redactors:
+            text = redactor.redact(text)
+        redacted = f"{redacted}\n{text}"
+        record.exc_info = None
+        record.exc_text = None
+    if record.stack_info:
+        for redactor in redactors:
+            record.stack_info = redactor.redact(record.stack_info)
+    if redacted != message:
+        record.msg, record.args = redacted, None
+
+
+def _install_factory() -> None:
+    global _installed
+    with _install_lock:
+        if _installed:
+            return
+        previous = logging.getLogRecordFactory()
+
+        def redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = previous(*args, **kwargs)
+            if _ACTIVE:
+                scrub(record, list(_ACTIVE))
+            return record
+
+        logging.setLogRecordFactory(redacting_factory)
+        _installed = True
 
 
 class RedactSecrets(logging.Filter):
-    """Replace every known secret value in a record's final message."""
+    """A handler filter replacing every form of every known secret in a record."""
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
+    def __init__(self, secrets: Iterable[str] = (), redactor: Redactor | None = None) -> None:
         super().__init__()
-        self.secrets: list[str] = []
-        self.add(secrets)
+        self.redactor = redactor if redactor is not None else Redactor()
+        self.redactor.add(secrets)
+
+    @property
+    def secrets(self) -> list[str]:
+        return self.redactor.secrets
 
     def add(self, secrets: Iterable[str]) -> None:
-        # Called after every request (an OAuth token may have been renewed): cheap when nothing is new.
-        # Very short values would redact ordinary words; secrets are never that short.
-        new = {s for s in secrets if len(s) >= 6} - set(self.secrets)
-        if new:
-            self.secrets = sorted({*self.secrets, *new}, key=len, reverse=True)
+        self.redactor.add(secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        redacted = message
-        for secret in self.secrets:
-            redacted = redacted.replace(secret, REDACTED)
-        if redacted != message or record.exc_info:
-            if record.exc_info:
-                text = logging.Formatter().formatException(record.exc_info)
-                for secret in self.secrets:
-                    text = text.replace(secret, REDACTED)
-                redacted = f"{redacted}\n{text}"
-                record.exc_info = None
-                record.exc_text = None
-            record.msg, record.args = redacted, None
+        scrub(record, [self.redactor])
         return True
 
 
-def configure(level: str = "INFO", secrets: Iterable[str] = (), stream=None) -> RedactSecrets:
-    """Send the ``mapper`` loggers to stderr (or ``stream``) through the redactor."""
-    redactor = RedactSecrets(secrets)
+def configure(level: str = "INFO", secrets: Iterable[str] = (), stream: Any = None,
+              redactor: Redactor | None = None) -> RedactSecrets:
+    """Send the ``mapper`` loggers to stderr (or ``stream``), and redact every log record of
+    the process (any logger) with ``redactor`` (a new one holding ``secrets`` if not given)."""
+    redacting = RedactSecrets(secrets, redactor)
+    _ACTIVE.add(redacting.redactor)
+    _install_factory()
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    handler.addFilter(redactor)
+    handler.addFilter(redacting)
     logger = logging.getLogger("mapper")
     for old in list(logger.handlers):
         if getattr(old, "_mapper_handler", False):
@@ -63,4 +113,4 @@ def configure(level: str = "INFO", secrets: Iterable[str] = (), stream=None) -> 
     # Our lines name no source file or line (nor do gunicorn's): skip walking the stack to find
     # them for every record, which costs more than formatting the line (see logging/__init__.py).
     logging._srcfile = None
-    return redactor
+    return redacting
