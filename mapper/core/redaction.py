@@ -69,6 +69,7 @@ def _base64_runs(secret: bytes) -> set[str]:
 def forms_of(secret: str) -> set[str]:
     """Every text form of ``secret`` the redactor looks for."""
     forms = {secret, quote(secret, safe=""), quote(secret, safe="/"), quote_plus(secret),
+             quote(quote(secret, safe=""), safe=""),
              json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1], html.escape(secret)}
     forms |= _base64_runs(secret.encode("utf-8"))
     return {f for f in forms if len(f) >= MIN_SECRET_LENGTH}

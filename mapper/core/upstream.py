@@ -11,6 +11,7 @@ which CRM call failed without showing secrets.
 from __future__ import annotations
 
 import email.utils
+import http.cookiejar
 import json
 import logging
 import time
@@ -108,6 +109,9 @@ class Client:
         self.signer = signer or Signer()
         self._sleep = sleep
         self.session = requests.Session()
+        # The session is shared by every Khoros request: a cookie one CRM answer sets must
+        # not be sent with the next request, whoever it is for. No domain may set cookies.
+        self.session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
