@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Iterator
+from urllib.parse import quote
 
 import pytest
 
@@ -86,3 +87,50 @@ def test_the_level_is_respected(stream):
     logging.getLogger("mapper.test").warning("loud")
     assert "quiet" not in stream.getvalue()
     assert "loud" in stream.getvalue()
+
+
+class Keep(logging.Handler):
+    """Keeps each formatted line: what any handler of the process would write."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+def test_every_logger_of_the_process_is_redacted_not_only_mapper(stream):
+    configure("INFO", [SECRET], stream=stream)
+    keep = Keep()
+    urllib3, other = logging.getLogger("urllib3.connectionpool"), logging.getLogger("some.library")
+    level = urllib3.level
+    for logger in (urllib3, other):
+        logger.addHandler(keep)
+    urllib3.setLevel(logging.DEBUG)
+    try:
+        # urllib3's own debug line, with a key in the query string, percent-encoded.
+        urllib3.debug('%s://%s:%s "%s %s %s" %s %s', "https", "crm.example", 443, "GET",
+                      f"/contacts?api_key={quote(SECRET + '/+')}", "HTTP/1.1", 200, 12)
+        try:
+            raise ValueError(f"Authorization: Bearer {SECRET}")
+        except ValueError:
+            other.exception("call failed")
+    finally:
+        for logger in (urllib3, other):
+            logger.removeHandler(keep)
+        urllib3.setLevel(level)
+    text = "\n".join(keep.lines)
+    assert "api_key=***" in text
+    assert "ValueError: Authorization: Bearer ***" in text
+    assert SECRET not in text and quote(SECRET) not in text
+
+
+def test_a_redactor_from_the_engine_is_shared(stream):
+    from mapper.core.redaction import Redactor
+
+    tokens: list[str] = []
+    configure("INFO", redactor=Redactor(sources=[lambda: tokens]), stream=stream)
+    tokens.append("fetched-token-123456")  # learned after start-up, like an OAuth token
+    logging.getLogger("mapper.test").info("Bearer fetched-token-123456")
+    assert stream.getvalue().rstrip().endswith("Bearer ***")

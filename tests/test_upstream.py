@@ -335,3 +335,20 @@ def test_a_429_without_retry_after_waits_the_mapping_s_default(crm, state, sleep
     client.close()
     assert answer.status == 200
     assert sleeps.waits == [0.5]
+
+
+def test_a_cookie_the_crm_sets_is_never_sent_back() -> None:
+    # The session is shared by every Khoros request (and, with tenants, every company):
+    # a cookie set for one must not travel with the next.
+    from tests.support.recording_crm import RecordingCrm
+
+    crm = RecordingCrm(lambda seen: (200, {}, {"Set-Cookie": "session=for-company-a; Path=/"}))
+    with serve(crm.app()) as server:
+        client = Client(call_timeout=5, max_body_bytes=1_000_000)
+        try:
+            for _ in range(2):
+                client.send(Outbound("GET", f"{server.url}/contacts"), Deadline(8))
+        finally:
+            client.close()
+    assert [s.headers.get("Cookie") for s in crm.seen] == [None, None]
+    assert len(client.session.cookies) == 0

@@ -440,8 +440,8 @@ class Run:
     deadline: Deadline
     trace_id: str
     base_url: str
-    default_headers: dict[str, str]
-    mapping_errors: list[ErrorRule]
+    default_headers: dict[str, str] = field(repr=False)  # may hold an API key
+    mapping_errors: list[ErrorRule] = field(repr=False)
     calls: int = 0
     trace: Trace | None = None
     # Removes credentials from CRM text before it can become an error message.

@@ -71,7 +71,9 @@ def forms_of(secret: str) -> set[str]:
     forms = {secret, quote(secret, safe=""), quote(secret, safe="/"), quote_plus(secret),
              quote(quote(secret, safe=""), safe=""),
              json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1], html.escape(secret)}
-    forms |= _base64_runs(secret.encode("utf-8"))
+    raw = secret.encode("utf-8")
+    forms |= {base64.b64encode(raw).decode("ascii"), base64.urlsafe_b64encode(raw).decode("ascii")}
+    forms |= _base64_runs(raw)
     return {f for f in forms if len(f) >= MIN_SECRET_LENGTH}
 
 

@@ -51,6 +51,9 @@ class Outbound:
         """``GET /api/contacts/`` — for messages and logs: no host, no query, no secrets."""
         return f"{self.method} {urlsplit(self.url).path}"
 
+    def __repr__(self) -> str:  # headers, query, form and body may all carry credentials
+        return f"Outbound({self.describe()})"
+
 
 @dataclass
 class Inbound:
@@ -65,6 +68,9 @@ class Inbound:
     @property
     def ok(self) -> bool:
         return 200 <= self.status < 300
+
+    def __repr__(self) -> str:  # a CRM may echo our credentials in its answer
+        return f"Inbound({self.status}, {len(self.text)} characters)"
 
 
 class Signer:
