@@ -22,8 +22,8 @@ model:
   customer: {fields: [{name: email, label: Email, type: text, searchable: true}]}
   case: {fields: []}
 shapes:
-  customer: {id: "{{ record.id }}", uri: "x:{{ record.id }}", email: "{{ record.email }}"}
-  case: {id: "1", linkUrl: "x", created: "2024-01-01T00:00:00Z", status: open}
+  customer: {id: "{{ record.id }}", uri: "https://crm.example/{{ record.id }}", email: "{{ record.email }}"}
+  case: {id: "1", linkUrl: "https://crm.example/c/1", created: "2024-01-01T00:00:00Z", status: open}
 operations:
   search_customers:
     steps:

@@ -143,3 +143,37 @@ def test_a_shape_that_misses_shows_the_keys_the_record_has() -> None:
     assert "'dict object' has no attribute 'id'" in message
     assert message.endswith("the record has keys ['data'].")
     assert "jane@example.com" not in message  # keys only: values may be personal data
+
+
+@pytest.mark.parametrize("link", ["javascript:alert(1)", "JavaScript:alert(1)", "data:text/html,<b>x</b>",
+                                  "ftp://crm/people/1", "/people/1", "https://", "java\nscript:alert(1)",
+                                  "https://crm/people/1\r\nSet-Cookie: x"])
+def test_an_object_link_that_is_not_http_is_a_mapping_error(link: str):
+    with pytest.raises(MappingRuntimeError, match="'uri' that is not an http\\(s\\) link"):
+        customer({"id": 1}, uri=link)
+    with pytest.raises(MappingRuntimeError, match="'linkUrl' that is not an http\\(s\\) link"):
+        case({}, linkUrl=link)
+
+
+def test_an_interaction_link_that_is_not_http_is_sent_empty(caplog):
+    notes = [{**NOTE, "linkUrl": "javascript:alert(document.cookie)"}, {**NOTE, "linkUrl": "HTTPS://t/2"},
+             {**NOTE, "linkUrl": ""}]
+    result = case({"notes": notes})
+    assert [n["linkUrl"] for n in result["interactions"]] == ["", "HTTPS://t/2", ""]
+    assert notes[0]["linkUrl"].startswith("javascript:")  # the CRM's record is not changed
+    assert "not http(s)" in caplog.text
+
+
+@pytest.mark.parametrize("date", ["2024-13-45T99:99Z", "2024-02-30T10:00:00Z", "2024-01-01T24:00:00Z",
+                                  "2024-01-01T10:60Z", "2024-01-01T10:00:00+25:00", "2024-01-01 10:00:00Z"])
+def test_a_date_that_does_not_exist_is_a_mapping_error(date: str):
+    with pytest.raises(MappingRuntimeError, match="'created' that is not an ISO-8601 date of a real day"):
+        case({"created": date}, created="{{ record.created }}")
+    with pytest.raises(MappingRuntimeError, match="interaction whose 'created' is not an ISO-8601 date of a real day"):
+        case({"notes": [{**NOTE, "created": date}]})
+
+
+@pytest.mark.parametrize("date", ["2024-02-29T10:00Z", "2024-01-01T10:00:00.123+0200", "2024-12-31T23:59:59-05:00"])
+def test_real_dates_in_every_iso_form_pass(date: str):
+    shaped = case({"created": date, "notes": [{**NOTE, "created": date}]}, created="{{ record.created }}")
+    assert shaped["created"] == date
