@@ -387,3 +387,35 @@ def test_the_fast_paths_answer_exactly_what_jinja_answers(source, env):
 def test_the_fast_paths_cover_the_common_shapes():
     planned = [s for s in FAST_COVERED if compile_string(s, "m.yaml:1 x")._plan is not None]
     assert planned == FAST_COVERED
+
+
+def test_search_phrase_keeps_one_phrase_whatever_the_value_holds():
+    assert ev("{{ v | search_phrase }}", v='qqq" name:"Ann') == '"qqq name: Ann"'
+    assert ev("{{ v | search_phrase }}", v="a\\b") == '"a b"'
+    assert ev("{{ v | search_phrase }}", v='"') == '""'
+    assert ev("{{ v | search_phrase }}", v="line\nbreak\x00 \t end") == '"line break end"'
+    assert ev("{{ v | search_phrase }}", v="\ud800x") == '"x"'  # a lone surrogate cannot be sent at all
+    assert ev("{{ v | search_phrase }}", v=None) == '""'
+
+
+def test_soql_string_uses_only_the_documented_escapes():
+    assert ev("{{ v | soql_string }}", v="x' OR Name LIKE '%") == "'x\\' OR Name LIKE \\'%'"
+    assert ev("{{ v | soql_string }}", v="a\nb\r\t\b\f\"\\") == "'a\\nb\\r\\t\\b\\f\\\"\\\\'"
+    assert ev("{{ v | soql_string }}", v="bell\x07 del\x7f") == "'bell del'"
+    assert ev("{{ v | soql_string }}", v="50%_off") == "'50%_off'"  # wildcards only in LIKE
+
+
+def test_the_query_language_recipe_prints_what_the_docs_say_the_crm_received():
+    from pathlib import Path
+
+    from tests.targets.registry import ROOT
+
+    doc = Path(ROOT, "docs", "mapping-language.md").read_text(encoding="utf-8")
+    recipe = doc.split("### 8.7 ", 1)[1].split("### 8.8 ", 1)[0]
+    received = recipe.split("the CRM received:\n\n```\n", 1)[1].split("```", 1)[0].splitlines()
+    email, name = 'o"hara\\@x.io', "O'Brien_100%"
+    assert received == [
+        ev('type:user email:{{ email | search_phrase }}', email=email),
+        ev("SELECT Id, Name, Email FROM Contact WHERE Email = {{ email | soql_string }} "
+           "AND LastName LIKE '{{ name | backslash_escape(\"\\\\'%_\") }}%'", email=email, name=name),
+    ]
