@@ -98,6 +98,36 @@ def _hubspot_atoms(state: Any, mark: int) -> list[Atom]:
     return atoms
 
 
+def _freshdesk_atoms(state: Any, mark: int) -> list[Atom]:
+    return [(r.method, r.path, tuple(sorted(r.query))) for r in state.requests[mark:] if r.method == "GET"]
+
+
+def _servicenow_atoms(state: Any, mark: int) -> list[Atom]:
+    return [(table, tuple((c.field, c.operator, c.joined_by) for c in parsed.conditions), parsed.order_by)
+            for table, _, parsed in state.queries[mark:]]
+
+
+def _odata_shape(tree: Any) -> Atom:
+    from tests.fakes.dynamics import Comparison as ODataComparison
+
+    if isinstance(tree, ODataComparison):
+        return (tree.prop, tree.op, type(tree.value).__name__)
+    if isinstance(tree, tuple) and tree[0] in ("and", "or"):
+        return (tree[0], _odata_shape(tree[1]), _odata_shape(tree[2]))
+    return (tree[0], tree[1], type(tree[2]).__name__)
+
+
+def _dynamics_atoms(state: Any, mark: int) -> list[Atom]:
+    from tests.fakes.dynamics import parse_filter
+
+    return [(r.path, _odata_shape(parse_filter(r.arg("$filter")))) for r in state.requests[mark:]
+            if r.arg("$filter") is not None]
+
+
+def _length_of(state: Any, log: str) -> int:
+    return len(getattr(state, log))
+
+
 def _recorded_atoms(crm: RecordingCrm, mark: int) -> list[Atom]:
     return [(s.method, s.path, tuple(name for name, _ in s.query)) for s in crm.seen[mark:]]
 
@@ -109,7 +139,9 @@ RECORDED = {  # mapping -> (its base-URL variable, extra environment, an empty a
     "json-server": ("JSON_SERVER_URL", {}, []),
     "bottlecrm": ("BOTTLECRM_URL", {"BOTTLECRM_TOKEN": "bcrm_pat_recording"}, {"count": 0, "results": []}),
 }
-MAPPINGS = ["zendesk", "salesforce", "hubspot", *RECORDED]
+READERS = {"zendesk": _zendesk_atoms, "salesforce": _salesforce_atoms, "hubspot": _hubspot_atoms,
+           "freshdesk": _freshdesk_atoms, "servicenow": _servicenow_atoms, "dynamics": _dynamics_atoms}
+MAPPINGS = [*READERS, *RECORDED]
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +172,9 @@ def targets(request: pytest.FixtureRequest, bridge: Callable[[str, dict[str, str
             fake: Fake = request.getfixturevalue(f"{name}_fake")
             env = request.getfixturevalue(f"{name}_env")
             state = fake.state
-            reader = {"zendesk": _zendesk_atoms, "salesforce": _salesforce_atoms, "hubspot": _hubspot_atoms}[name]
-            mark = (lambda: len(state.searches)) if name == "zendesk" else (lambda: len(state.requests))
+            reader = READERS[name]
+            log = {"zendesk": "searches", "servicenow": "queries"}.get(name, "requests")
+            mark = functools.partial(_length_of, state, log)
             atoms = functools.partial(reader, state)
         model = Engine.load(path, env).mapping.models["customer"]
         return Target(bridge(path, env), model, mark, atoms)

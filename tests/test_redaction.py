@@ -127,3 +127,21 @@ def test_objects_holding_credentials_do_not_show_them(mapping: str, env: dict[st
         assert SECRET in engine.secret_values  # ... while the redactor knows it
     finally:
         engine.close()
+
+
+def test_the_step_trace_shows_no_secret_in_any_form_even_where_it_cuts() -> None:
+    from mapper.core.pipeline import RequestStep, Where
+    from mapper.workbench.trace import Redactor as TraceRedactor
+    from mapper.workbench.trace import TextTrace
+
+    lines: list[str] = []
+    trace = TextTrace(lines.append, TraceRedactor([SECRET]), limit=40)
+    step = RequestStep("read", Where("m.yaml", 1, "k"), None)
+    blob = base64.b64encode(f"agent/token:{SECRET}".encode()).decode()
+    outbound = Outbound("GET", "https://crm.example/x", json_body={"note": "y" * 30 + SECRET}, has_json_body=True)
+    answer = Inbound(401, {}, None, f"{'z' * 30}{SECRET} / Basic {blob}", 0.01)  # the cut falls inside the secret
+    trace.exchange(step, outbound, answer)
+    trace.finished(step, {"echo": f"{'w' * 35}{SECRET}"})
+    text = "\n".join(lines)
+    assert REDACTED in text
+    assert SECRET[:6] not in text and blob[:20] not in text

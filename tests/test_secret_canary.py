@@ -38,7 +38,8 @@ pytestmark = pytest.mark.vendor
 
 def canary(name: str) -> str:
     # '+', '/' and '=' make the percent-encoded and base64 forms differ from the raw one.
-    return f"cnry-{name}+/={uuid.uuid4().hex[:12]}"
+    # The name is cut to three letters so that no ten characters of a canary form an ordinary word.
+    return f"cnry-{name[:3]}+/={uuid.uuid4().hex[:12]}"
 
 
 KHOROS_TOKEN = canary("khoros")
@@ -53,9 +54,19 @@ SECRETS = {  # mapping -> (environment without the CRM URL variable, the secret 
     "salesforce": ({"SALESFORCE_CLIENT_ID": canary("sfid"), "SALESFORCE_CLIENT_SECRET": canary("sfsecret"),
                     "SALESFORCE_GRANT": "refresh_token", "SALESFORCE_REFRESH_TOKEN": canary("sfrefresh")},
                    ["SALESFORCE_CLIENT_ID", "SALESFORCE_CLIENT_SECRET", "SALESFORCE_REFRESH_TOKEN"]),
+    "freshdesk": ({"FRESHDESK_API_KEY": canary("freshdesk")}, ["FRESHDESK_API_KEY"]),
+    "servicenow": ({"SERVICENOW_USER": "khoros.bridge", "SERVICENOW_PASSWORD": canary("servicenow")},
+                   ["SERVICENOW_PASSWORD"]),
+    "dynamics": ({"DYNAMICS_TENANT_ID": "contoso", "DYNAMICS_CLIENT_ID": "dyn-client",
+                  "DYNAMICS_CLIENT_SECRET": canary("dynamics")}, ["DYNAMICS_CLIENT_SECRET"]),
 }
-URL_VARIABLE = {"demo": "DEMO_CRM_URL", "json-server": "JSON_SERVER_URL", "bottlecrm": "BOTTLECRM_URL",
-                "zendesk": "ZENDESK_URL", "hubspot": "HUBSPOT_URL", "salesforce": "SALESFORCE_LOGIN_URL"}
+URL_VARIABLES = {"demo": ["DEMO_CRM_URL"], "json-server": ["JSON_SERVER_URL"], "bottlecrm": ["BOTTLECRM_URL"],
+                 "zendesk": ["ZENDESK_URL"], "hubspot": ["HUBSPOT_URL"], "salesforce": ["SALESFORCE_LOGIN_URL"],
+                 "freshdesk": ["FRESHDESK_URL"], "servicenow": ["SERVICENOW_URL"],
+                 "dynamics": ["DYNAMICS_URL", "DYNAMICS_LOGIN_URL"]}
+# Mappings whose messages and field errors quote the CRM's own text (the others use their own words).
+FIELD_TEXTS_FROM_CRM = ("demo", "bottlecrm", "zendesk", "hubspot", "salesforce")
+OAUTH = ("salesforce", "dynamics")  # the mappings that get ACCESS_TOKEN and NEW_REFRESH_TOKEN at run time
 SHAPES = ["json", "fields", "array", "unauthorized", "forbidden", "not_found", "conflict", "unprocessable",
           "html", "text", "rate_limited"]
 
@@ -87,7 +98,7 @@ class EchoCrm(RecordingCrm):
         leak = f"credential {credentials_in(seen)} is not allowed"
         headers = {"WWW-Authenticate": f'Bearer error="invalid_token", detail="{leak}"', "X-Echo": leak,
                    "Set-Cookie": f"session={quote(leak)}"}
-        if seen.path.endswith("/oauth2/token"):
+        if "/oauth2/" in seen.path and seen.path.endswith("/token"):
             return 200, {"access_token": ACCESS_TOKEN, "refresh_token": NEW_REFRESH_TOKEN,
                          "instance_url": self.url, "token_type": "Bearer"}, {}
         hubspot_problems = json.dumps([{"name": leak, "error": "INVALID_EMAIL", "message": leak}])
@@ -116,10 +127,12 @@ class EchoCrm(RecordingCrm):
 
 
 def forms(secret: str, users: list[str]) -> list[str]:
-    """What must never be seen: encodings of the secret, and any ten characters of it in a row."""
+    """What must never be seen: encodings of the secret (also as either half of an HTTP Basic
+    pair), and any ten characters of it in a row."""
     found = [secret, quote(secret, safe=""), quote_plus(secret), json.dumps(secret)[1:-1],
              base64.b64encode(secret.encode()).decode(), base64.urlsafe_b64encode(secret.encode()).decode()]
-    found += [base64.b64encode(f"{user}:{secret}".encode()).decode() for user in users]
+    found += [base64.b64encode(pair.encode()).decode() for user in users
+              for pair in (f"{user}:{secret}", f"{secret}:{user}")]
     found += [secret[i:i + 10] for i in range(len(secret) - 9)]
     return found
 
@@ -174,7 +187,7 @@ def test_no_secret_leaves_in_any_answer_or_log_line(mapping: str, captured: io.S
     server = LiveServer(crm.app()).start()
     crm.url = server.url
     env, secret_names = SECRETS[mapping]
-    env = {**env, URL_VARIABLE[mapping]: server.url}
+    env = {**env, **{variable: server.url for variable in URL_VARIABLES[mapping]}}
     engine = Engine.load(f"{ROOT}/mappings/{mapping}.yaml", env)
     app = LiveServer(create_app(engine, tokens=[KHOROS_TOKEN])).start()
     mark = captured.tell()
@@ -191,9 +204,9 @@ def test_no_secret_leaves_in_any_answer_or_log_line(mapping: str, captured: io.S
         engine.close()
     logs = captured.getvalue()[mark:]
     secrets = [env[name] for name in secret_names] + [KHOROS_TOKEN]
-    if mapping == "salesforce":
+    if mapping in OAUTH:
         secrets += [ACCESS_TOKEN, NEW_REFRESH_TOKEN]
-    users = [f"{env.get('ZENDESK_EMAIL')}/token"]
+    users = [f"{env.get('ZENDESK_EMAIL')}/token", "khoros.bridge", "X"]
     text = "\n".join(answers)
     leaks = [(where, form) for secret in secrets for form in forms(secret, users)
              for where, haystack in (("answer", text), ("log", logs)) if form in haystack]
@@ -201,5 +214,7 @@ def test_no_secret_leaves_in_any_answer_or_log_line(mapping: str, captured: io.S
     assert any(c.headers for c in crm.seen), "the CRM was never called"
     if secret_names:  # the echo must be seen to arrive, redacted, or the test proved nothing
         assert "***" in logs
+    if mapping in FIELD_TEXTS_FROM_CRM:
+        assert "***" in text, "no echoed credential reached an answer"
         assert any("***" in a.split('"fields": ', 1)[-1] for a in answers if '"fields": ' in a), \
             "no echoed credential reached a 'fields' entry"

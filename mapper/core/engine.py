@@ -439,6 +439,9 @@ def _signer_credentials(signer: Signer) -> list[str]:
         value = getattr(signer, name, None)
         if value:
             found.append(str(value))
+            scheme, _, credential = str(value).partition(" ")
+            if scheme.lower() in ("basic", "bearer") and credential:
+                found.append(credential)  # a CRM may echo the credential without its scheme
     form = getattr(signer, "_form", None) or {}
     found += [str(form[k]) for k in ("client_secret", "refresh_token") if form.get(k)]
     found += [str(v) for v in getattr(signer, "issued", ()) if v]

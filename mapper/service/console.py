@@ -89,7 +89,7 @@ def console_blueprint(engines: Callable[[], Mapping[str, Engine]],
         body = order.get("body") if op.method in ("POST", "PATCH") else None
         trace_id = uuid.uuid4().hex[:16]
         lines: list[str] = []
-        trace = TextTrace(lines.append, Redactor(engine.secret_values))
+        trace = TextTrace(lines.append, Redactor(sources=[lambda: engine.secret_values]))
         try:
             status, answer = engine.run(op.name, body, id=item_id if op.has_id else None,
                                         tenancy=Tenancy(user_email="console"), trace_id=trace_id, trace=trace)

@@ -90,7 +90,7 @@ def run(mapping: str, operation: str, id_: str | None, body: str | None, record_
     if record_dir:
         from .recording import Recorder
         Recorder(engine, mapping, dict(os.environ), record_dir).attach()
-    redact = Redactor(engine.secret_values)
+    redact = Redactor(sources=[lambda: engine.secret_values])  # tokens fetched during the run too
     trace = TextTrace(click.echo, redact, limit)
     trace_id = uuid.uuid4().hex[:16]
     compiled = engine.mapping.operations.get(operation)
@@ -108,7 +108,7 @@ def run(mapping: str, operation: str, id_: str | None, body: str | None, record_
         redact.add(engine.secret_values)  # an OAuth token fetched during the run
         click.echo(redact(f"answer {exc.status} {exc.code}: {exc.message}"))
         if exc.internal:
-            click.echo(redact(f"  detail: {compact(exc.internal, limit)}"))
+            click.echo(redact(f"  detail: {compact(redact(exc.internal), limit)}"))
         click.echo(redact(json.dumps(exc.to_json(trace_id), indent=2, ensure_ascii=False)))
         sys.exit(1)
     finally:

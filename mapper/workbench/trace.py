@@ -6,10 +6,11 @@ answer, each value a step set, and which strategy of a ``first`` settled.
 It writes indented lines as they happen, so a run that hangs or fails still
 shows how far it got.
 
-Nothing secret is printed: every secret value the engine holds (and any
-OAuth token) is replaced by ``***`` in every line, and so are headers whose
-name says they carry a credential. Long bodies and values are cut to
-``limit`` characters.
+Nothing secret is printed: every credential the engine holds (and any
+OAuth token), in every encoding (:mod:`mapper.core.redaction`), is replaced
+by ``***`` in every line, and so are headers whose name says they carry a
+credential. Long bodies and values are cut to ``limit`` characters, after
+redaction (a cut could leave the start of a secret behind).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..core.pipeline import FirstStep, ForEachStep, Step, Trace
+from ..core.redaction import REDACTED
+from ..core.redaction import Redactor as _Redactor
 from ..core.upstream import Inbound, Outbound
-from ..service.logs import REDACTED, RedactSecrets
 
 # Headers whose value is a credential whatever the mapping calls its secrets.
 SENSITIVE_HEADERS = ("authorization", "cookie", "set-cookie", "x-api-key", "api-key", "apikey", "token",
@@ -32,20 +34,14 @@ def is_sensitive_header(name: str) -> bool:
     return lowered in SENSITIVE_HEADERS or "token" in lowered or "secret" in lowered or "key" in lowered
 
 
-class Redactor:
-    """Replaces known secret values in text (the same rule as the log filter: values of
-    six characters or more, longest first)."""
+class Redactor(_Redactor):
+    """The engine's redaction (every form of every secret), called as a function on text."""
 
-    def __init__(self, secrets: Iterable[str]) -> None:
-        self._filter = RedactSecrets(secrets)
-
-    def add(self, secrets: Iterable[str]) -> None:
-        self._filter.add(secrets)
+    def __init__(self, secrets: Iterable[str] = (), sources: Iterable[Callable[[], Iterable[str]]] = ()) -> None:
+        super().__init__(secrets, sources)
 
     def __call__(self, text: str) -> str:
-        for secret in self._filter.secrets:
-            text = text.replace(secret, REDACTED)
-        return text
+        return self.redact(text)
 
 
 def compact(value: Any, limit: int) -> str:
@@ -72,6 +68,9 @@ class TextTrace(Trace):
     def line(self, text: str, extra: int = 0) -> None:
         self.echo("  " * (self.depth + extra) + self.redact(text))
 
+    def _compact(self, value: Any) -> str:
+        return compact(self.redact.redact_value(value), self.limit)  # redacted before it is cut
+
     def _label(self, step: Step) -> str:
         return f"step '{step.name}' ({step.where.place})"
 
@@ -92,11 +91,11 @@ class TextTrace(Trace):
             shown = REDACTED if is_sensitive_header(name) else value
             self.line(f"> {name}: {shown}", 1)
         if outbound.has_json_body:
-            self.line(f"> body {compact(outbound.json_body, self.limit)}", 1)
+            self.line(f"> body {self._compact(outbound.json_body)}", 1)
         elif outbound.form is not None:
             form = {k: REDACTED if is_sensitive_header(k) else v for k, v in outbound.form.items()}
-            self.line(f"> form {compact(form, self.limit)}", 1)
-        self.line(f"< {answer.status} in {answer.seconds * 1000:.0f} ms: {compact(answer.text, self.limit)}", 1)
+            self.line(f"> form {self._compact(form)}", 1)
+        self.line(f"< {answer.status} in {answer.seconds * 1000:.0f} ms: {self._compact(answer.text)}", 1)
 
     def branch(self, step: Step, name: str, taken: bool) -> None:
         if taken:
@@ -114,7 +113,7 @@ class TextTrace(Trace):
         if isinstance(step, (FirstStep, ForEachStep)):
             self.depth -= 1
         for name, value in values.items():
-            self.line(f"  {name} = {compact(value, self.limit)}")
+            self.line(f"  {name} = {self._compact(value)}")
 
     def failed(self, step: Step, error: Exception) -> None:
         if isinstance(step, (FirstStep, ForEachStep)):
