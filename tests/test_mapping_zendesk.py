@@ -158,7 +158,7 @@ def test_a_search_value_with_quotes_and_syntax_stays_one_quoted_phrase(khoros: K
 
 def test_a_value_that_closes_the_phrase_cannot_add_a_term(khoros: KhorosClient, zendesk: ZendeskState,
                                                           unique: str) -> None:
-    ann = make_customer(khoros, unique, name=f"Ann {unique}")
+    make_customer(khoros, unique, name=f"Ann {unique}")  # the customer a widened search would return
     hostile = f'qqq" name:"Ann {unique}'
 
     searched = khoros.search({"name": hostile})
@@ -168,7 +168,6 @@ def test_a_value_that_closes_the_phrase_cannot_add_a_term(khoros: KhorosClient, 
     assert searched.body == [] and matched.body == []  # Ann is not returned for someone else's name
     for log in zendesk.searches[-2:]:
         assert log.terms == (SearchTerm("type", "user", False), SearchTerm("name", f"qqq name: Ann {unique}", True))
-    assert ann["id"]
 
 
 def test_a_best_match_value_cannot_widen_the_query_to_tickets(khoros: KhorosClient, zendesk: ZendeskState,
