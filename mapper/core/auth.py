@@ -20,6 +20,7 @@ from typing import Any
 from jsonpath_ng import JSONPath
 
 from ..errors import ConfigError, Problem, UpstreamError
+from . import context
 from .budget import Deadline
 from .templating import Compiled
 from .upstream import Client, Inbound, Outbound, Signer
@@ -138,6 +139,7 @@ class OAuth2(Signer):
                                           headers={"Accept": "application/json"}), deadline)
         if not answer.ok:
             self._token = None
+            context.token_refresh("failed")
             raise UpstreamError(
                 f"The CRM's token endpoint refused our OAuth credentials (HTTP {answer.status}). "
                 "Check the client id, secret or refresh token this mapping reads from the environment.",
@@ -157,6 +159,7 @@ class OAuth2(Signer):
                 self._expires_at = time.time() + max(float(found[0].value) - 30.0, 0.0)
         self.values = {name: (path.find(answer.body)[0].value if path.find(answer.body) else None)
                        for name, path in self._extra.items()}
+        context.token_refresh("ok")
         log.info("fetched an OAuth token (request #%d)", self.token_requests)
 
 

@@ -126,6 +126,7 @@ class CompiledMapping:
     operations: dict[str, CompiledOperation] = field(default_factory=dict)
     # Things that work but are probably not meant (``mapper validate`` prints them).
     warnings: list[Problem] = field(default_factory=list)
+    traceparent: bool = False
 
 
 # jsonpath-ng's parse() builds a new parser (its grammar tables) on every call, about
@@ -401,6 +402,7 @@ class Compiler:
             max_response_bytes=int(connection.get("max_response_bytes", DEFAULT_MAX_BYTES)),
             retry_429=int(connection.get("retry_429", 2)),
             retry_429_wait=float(connection["retry_429_wait"]) if "retry_429_wait" in connection else None,
+            traceparent=bool(connection.get("traceparent", False)),
             errors=mapping_errors, models=models, live_models=live_models, shapes=shapes,
             shape_where={k: self.where(("shapes", k)) for k in shapes},
         )
@@ -846,3 +848,13 @@ def compile_document(doc: SourceDocument) -> CompiledMapping:
 def compile_file(path: str) -> CompiledMapping:
     """Load, check and compile one mapping file."""
     return compile_document(load_source(path))
+
+
+def schema_problems(doc: SourceDocument, validator: jsonschema.protocols.Validator) -> list[Problem]:
+    """Every way ``doc`` breaks ``validator``'s schema, reported like a mapping's
+    (``file:line: key: message``, did-you-mean on unknown keys); for the other
+    YAML files the server reads, such as the tenant file."""
+    compiler = Compiler(doc)
+    for error in sorted(validator.iter_errors(doc.data), key=lambda e: list(map(str, e.absolute_path))):
+        compiler._schema_problem(error)
+    return compiler.problems

@@ -128,14 +128,15 @@ class Engine:
     # -- construction ----------------------------------------------------
 
     @classmethod
-    def load(cls, path: str, environ: Mapping[str, str] | None = None, *,
+    def load(cls, path: str, environ: Mapping[str, str] | None = None, text: str | None = None, *,
              pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
-        """Compile ``path`` and bind it to the environment; raise ConfigError listing every problem.
+        """Compile ``path`` (or ``text``, read from it earlier) and bind it to the environment;
+        raise ConfigError listing every problem.
 
         ``pool_size``: connections kept open to the CRM; give it the number of requests one
         process serves at once (its threads), or connections are opened and thrown away."""
         environ = os.environ if environ is None else environ
-        doc = load_source(path)  # kept: environment problems name their lines too
+        doc = load_source(path, text)  # kept: environment problems name their lines too
         mapping = compile_document(doc)
         setting_lines = {s.name: doc.line_of(("settings", s.name)) for s in mapping.settings}
         secret_lines = {s.name: doc.line_of(("secrets", s.name)) for s in mapping.secrets}
@@ -233,7 +234,8 @@ class Engine:
             base_url = str(self.mapping.base_url.evaluate(
                 {"settings": self.settings, "secrets": self.secrets, "auth": getattr(signer, "values", {})}))
         return Run(self.client, deadline, trace_id, base_url.rstrip("/"), self.headers,
-                   self.mapping.errors, redact=self.redactor.redact_value)
+                   self.mapping.errors, redact=self.redactor.redact_value,
+                   traceparent=self.mapping.traceparent)
 
     def _scope(self, body: dict[str, Any], id: str | None, tenancy: Tenancy, trace_id: str) -> dict[str, Any]:
         return {"body": body, "id": id, "khoros": tenancy.as_dict(), "settings": self.settings,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ from jsonpath_ng import JSONPath
 from requests.structures import CaseInsensitiveDict
 
 from ..errors import FieldError, KhorosError, MappingRuntimeError, UpstreamError, error_for_code
+from . import context
 from .budget import Deadline
 from .templating import OMIT, Compiled
 from .upstream import Client, Inbound, Outbound
@@ -217,7 +219,13 @@ class RequestStep(Step):
 
     def _call(self, run: Run, scope: dict[str, Any]) -> Inbound:
         outbound = self._render(run, scope)
-        answer = run.client.send(outbound, run.deadline)
+        started = time.monotonic()
+        try:
+            answer = run.client.send(outbound, run.deadline)
+        except KhorosError as exc:  # no answer at all: timeout, refused connection...
+            context.crm_call(self.name, exc.code, time.monotonic() - started)
+            raise
+        context.crm_call(self.name, str(answer.status), answer.seconds)
         run.calls += 1
         if run.trace is not None:
             run.trace.exchange(self, outbound, answer)
@@ -258,6 +266,10 @@ class RequestStep(Step):
             path = str(spec.path.evaluate(scope))
             url = urljoin(run.base_url + "/", path.lstrip("/"))
         outbound = Outbound(spec.method, url, headers=dict(run.default_headers))
+        if run.traceparent:
+            value = context.traceparent(run.trace_id)
+            if value:
+                outbound.headers["traceparent"] = value
         if spec.headers is not None:
             outbound.headers.update({k: str(v) for k, v in spec.headers.evaluate(scope).items()})
         if spec.query is not None:
@@ -446,6 +458,7 @@ class Run:
     trace: Trace | None = None
     # Removes credentials from CRM text before it can become an error message.
     redact: Callable[[Any], Any] = field(default=lambda value: value)
+    traceparent: bool = False  # connection.traceparent: send the trace id to the CRM (W3C)
 
     def run_steps(self, steps: list[Step], scope: dict[str, Any]) -> None:
         if self.trace is not None:

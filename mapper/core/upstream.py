@@ -26,6 +26,7 @@ from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
 from ..errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from . import context
 from .budget import Deadline
 
 log = logging.getLogger("mapper.upstream")
@@ -139,6 +140,7 @@ class Client:
             if sign and not refreshed and self.signer.refresh_on(answer):
                 refreshed = True
                 log.info("credentials expired on %s; refreshing once", outbound.describe())
+                context.retry("expired_credentials")
                 self.signer.refresh(self, deadline, attempt)
                 continue
             if answer.status == 429 and rate_limited < self.max_429_retries:
@@ -148,6 +150,7 @@ class Client:
                 if wait is not None and wait + MIN_CALL_SECONDS < deadline.remaining():
                     rate_limited += 1
                     log.info("CRM rate-limited %s; waiting %.2fs as Retry-After asks", outbound.describe(), wait)
+                    context.rate_limit_wait(wait)
                     self._sleep(wait)
                     continue
             return answer

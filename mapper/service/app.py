@@ -19,11 +19,15 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
+from ..core import context
 from ..core.engine import DEFAULT_POOL_SIZE, Engine, Tenancy
-from ..core.khoros import OPERATIONS, Operation
+from ..core.khoros import META_BUDGET, OPERATION_BUDGET, OPERATIONS, Operation
 from ..errors import BadRequest, ConfigError, KhorosError, Problem, ServerError, Unauthorized
+from . import health, metrics
 from .console import console_blueprint
 from .logs import configure
+from .reload import Runtime
+from .tenants import TenantSet, from_environment, last_good, save_last_good
 
 log = logging.getLogger("mapper.app")
 
@@ -82,45 +86,95 @@ def _json(payload: Any, status: int) -> Response:
 
 
 def create_app(engine: Engine | None = None, *, mapping_path: str | None = None,
-               tokens: list[str] | None = None, console_tokens: list[str] | None = None) -> Flask:
-    """Build the Khoros-facing app for one mapping.
+               tokens: list[str] | None = None, config_path: str | None = None,
+               environ: dict[str, str] | None = None, console_tokens: list[str] | None = None,
+               pool_size: int | None = None) -> Flask:
+    """Build the Khoros-facing app.
 
-    ``engine`` (or ``mapping_path``, default ``$MAPPER_MAPPING``) is loaded
-    once here; ``tokens`` default to ``$MAPPER_AUTH_TOKENS``. The console
-    (``/console``) is on only when admin tokens are given, by ``console_tokens``
-    or ``$MAPPER_CONSOLE_TOKEN``.
+    What it serves (see :func:`mapper.service.tenants.from_environment`): a ready
+    ``engine``; or a server file listing tenants (``config_path``, default
+    ``$MAPPER_CONFIG``); or one mapping (``mapping_path``, default
+    ``$MAPPER_MAPPING``) with ``tokens`` (default ``$MAPPER_AUTH_TOKENS``).
+    Everything is loaded here; :class:`~mapper.service.reload.Runtime` (in
+    ``app.config["RUNTIME"]``) reloads it. ``pool_size`` (default from the
+    environment, see :func:`pool_size_from_environ`) sizes each CRM connection pool.
+    The console (``/console``) is on only when admin tokens are given, by
+    ``console_tokens`` or ``$MAPPER_CONSOLE_TOKEN``.
     """
-    if engine is None:
-        path = mapping_path or os.environ.get("MAPPER_MAPPING")
-        if not path:
-            raise ConfigError([Problem("environment", 0, "MAPPER_MAPPING",
-                                       "no mapping given; pass one or set MAPPER_MAPPING to a mapping file")])
-        engine = Engine.load(path, pool_size=pool_size_from_environ())
-    khoros_tokens = tokens if tokens is not None else parse_tokens(os.environ.get("MAPPER_AUTH_TOKENS"))
-    check = TokenCheck(khoros_tokens)
-    engine.redactor.add(khoros_tokens)  # the Khoros secrets are never shown either
-    configure(os.environ.get("MAPPER_LOG_LEVEL", "INFO"), redactor=engine.redactor)
+    env = os.environ if environ is None else environ
+    if pool_size is None:  # connections to each CRM: one per thread that may call it
+        pool_size = pool_size_from_environ() if engine is None else DEFAULT_POOL_SIZE
+    broken: ConfigError | None = None
+    try:
+        tenants, loader = from_environment(engine, mapping_path=mapping_path, tokens=tokens,
+                                           config_path=config_path, environ=env, pool_size=pool_size)
+    except ConfigError as exc:
+        copy = last_good(env)  # a worker started while the files on disk are broken
+        if copy is None:
+            raise
+        tenants, loader = from_environment(engine, mapping_path=mapping_path, tokens=tokens,
+                                           config_path=config_path, environ=env, texts=copy,
+                                           pool_size=pool_size)
+        broken = exc
+    redactor = configure(env.get("MAPPER_LOG_LEVEL", "INFO"), tenants.secret_values,
+                         fmt=env.get("MAPPER_LOG_FORMAT", "text"))
+
+    def swapped(new: TenantSet) -> None:
+        redactor.add(new.secret_values)
+        save_last_good(new, env)
+
+    runtime = Runtime(tenants, loader, on_swap=swapped)
+    if broken is None:
+        save_last_good(tenants, env)
+    else:
+        runtime.started_on_last_good(broken)
+    metrics.install()
 
     app = Flask("mapper")
-    app.config["ENGINE"] = engine
+    app.config["RUNTIME"] = runtime
 
     @app.before_request
     def start() -> Response | None:
         g.trace_id = uuid.uuid4().hex[:16]
         g.started = time.monotonic()
         g.arrived = arrival(request.environ, g.started)
-        if request.path.startswith(API_PREFIX) and not check.allows(request.headers.get("Authorization")):
-            raise Unauthorized("Missing or wrong Authorization value: use the secret registered with Khoros "
-                               "for this CRM.")
+        g.context_token = context.begin(g.trace_id, operation=request.endpoint or "-")
+        if request.path.startswith(API_PREFIX):
+            g.tenants = runtime.acquire()  # this request keeps this generation to its end
+            _select_tenant(g.tenants)
         return None
 
     @app.after_request
     def finish(response: Response) -> Response:
-        if request.path != "/healthz":
+        if request.path not in health.QUIET_PATHS:
+            tenant = g.get("tenant")
+            if tenant is not None:
+                redactor.add(tenant.engine.secret_values)
+            seconds = time.monotonic() - g.get("started", time.monotonic())
+            ctx = context.current()
             log.info("trace=%s %s %s -> %s %.0fms", g.get("trace_id", "-"), request.method, request.path,
-                     response.status_code, (time.monotonic() - g.get("started", time.monotonic())) * 1000)
+                     response.status_code, seconds * 1000,
+                     extra={"status": response.status_code, "duration_ms": round(seconds * 1000, 1),
+                            "crm_calls": ctx.crm_calls if ctx else 0, "method": request.method,
+                            "path": request.path})
+            if request.path.startswith(API_PREFIX):
+                operation = request.endpoint or "-"
+                budget = META_BUDGET if operation == "meta" else OPERATION_BUDGET
+                # The Khoros limit runs from arrival (queue time included), like the engine's budget.
+                since_arrival = time.monotonic() - g.get("arrived", g.get("started", time.monotonic()))
+                metrics.khoros_request(tenant.name if tenant else "-", operation, response.status_code, seconds,
+                                       budget - since_arrival if request.endpoint else None)
         response.headers["X-Trace-Id"] = g.get("trace_id", "-")
         return response
+
+    @app.teardown_request
+    def release(exc: BaseException | None) -> None:
+        tenants: TenantSet | None = g.pop("tenants", None)
+        if tenants is not None:
+            tenants.leave()
+        token = g.pop("context_token", None)
+        if token is not None:
+            context.end(token)
 
     @app.errorhandler(KhorosError)
     def khoros_error(exc: KhorosError) -> Response:
@@ -145,26 +199,39 @@ def create_app(engine: Engine | None = None, *, mapping_path: str | None = None,
         return _json(ServerError("Unexpected error in the CRM bridge; the trace id is in its log.").to_json(trace),
                      500)
 
-    @app.get("/healthz")
-    def healthz() -> Response:
-        return _json({"status": "ok", "mapping": engine.mapping.name}, 200)
+    health.add_routes(app, runtime)
 
     @app.get(f"{API_PREFIX}/meta/object/<kind>")
     def meta(kind: str) -> Response:
-        return _json(engine.meta(kind, g.trace_id, arrived=g.arrived), 200)
+        return _json(g.tenant.engine.meta(kind, g.trace_id, arrived=g.arrived), 200)
 
-    admin = parse_tokens(os.environ.get("MAPPER_CONSOLE_TOKEN")) if console_tokens is None else console_tokens
+    admin = parse_tokens(env.get("MAPPER_CONSOLE_TOKEN")) if console_tokens is None else console_tokens
     if admin:
-        if set(admin) & set(check.tokens):
+        khoros = {token for tenant in tenants.tenants.values() for token in tenant.check.tokens}
+        if set(admin) & khoros:
             raise ConfigError([Problem("environment", 0, "MAPPER_CONSOLE_TOKEN",
                                        "the console's admin token must differ from every Khoros token: "
                                        "the console can write to the CRM")])
-        app.register_blueprint(console_blueprint(lambda: {"default": engine}, TokenCheck(admin).allows))
+        app.register_blueprint(console_blueprint(
+            lambda: {name: tenant.engine for name, tenant in runtime.current.tenants.items()},
+            TokenCheck(admin).allows))
 
     for op in OPERATIONS:
-        app.add_url_rule(API_PREFIX + op.rule, endpoint=op.name, view_func=_view(engine, op),
-                         methods=[op.method])
+        app.add_url_rule(API_PREFIX + op.rule, endpoint=op.name, view_func=_view(op), methods=[op.method])
     return app
+
+
+def _select_tenant(tenants: TenantSet) -> None:
+    """Pick the tenant the x-sf-* headers select, then check the Authorization value
+    against that tenant's tokens only (another tenant's secret is a 401)."""
+    tenant = tenants.select(request.headers.get("x-sf-company-id"), request.headers.get("x-sf-initiative"))
+    g.tenant = tenant
+    ctx = context.current()
+    if ctx is not None:
+        ctx.tenant = tenant.name
+    if not tenant.check.allows(request.headers.get("Authorization")):
+        raise Unauthorized("Missing or wrong Authorization value: use the secret registered with Khoros "
+                           "for this CRM.")
 
 
 def _no_route() -> KhorosError:
@@ -172,8 +239,9 @@ def _no_route() -> KhorosError:
     return NotFound(f"There is no {request.method} {request.path} in the Khoros Custom CRM API.")
 
 
-def _view(engine: Engine, op: Operation) -> Callable[..., Response]:
+def _view(op: Operation) -> Callable[..., Response]:
     def view(id: str | None = None) -> Response:
+        engine: Engine = g.tenant.engine
         body = _read_body() if op.method in ("POST", "PATCH", "PUT") else None
         headers = request.headers  # once: each access to `request` goes through a context-local proxy
         tenancy = Tenancy(

@@ -6,6 +6,10 @@ config file for those who run gunicorn themselves::
 
     gunicorn -c python:mapper.service.gunicorn_conf 'mapper.service.app:create_app()'
 
+(the app can be left out: ``wsgi_app`` below names it). SIGHUP to the master
+reloads the mappings in every worker without restarting them, and the
+multiprocess metrics follow the workers: see :mod:`mapper.service.gunicorn_hooks`.
+
 Why threads (see docs/decisions.md, "Serving: gunicorn with many threads"):
 a request spends nearly all its time waiting for the CRM (300 ms to 1 s per
 call in real CRMs), so a process must hold many requests at once. Threads do
@@ -20,6 +24,9 @@ from __future__ import annotations
 
 import os
 
+# Gunicorn reads its hooks as names of this module.
+from mapper.service.gunicorn_hooks import child_exit, on_exit, post_worker_init, when_ready  # noqa: F401
+
 
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
@@ -30,6 +37,9 @@ def _int(name: str, default: int) -> int:
     return int(raw)
 
 
+# The app, when the command line names none: configured by MAPPER_CONFIG (a server file),
+# or MAPPER_MAPPING and MAPPER_AUTH_TOKENS.
+wsgi_app = "mapper.service.app:create_app()"
 # Where to listen. Behind a load balancer or proxy that terminates TLS (Khoros calls https://).
 bind = [os.environ.get("MAPPER_BIND", "127.0.0.1:8080")]
 # Processes: one per core is enough, the work is mostly waiting for the CRM.

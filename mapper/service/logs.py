@@ -14,6 +14,7 @@ records made before the factory was installed.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import weakref
@@ -21,6 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..core.redaction import REDACTED, Redactor
+from .logformat import RequestContextFilter, formatter_for
 
 __all__ = ["REDACTED", "RedactSecrets", "configure", "scrub"]
 
@@ -93,14 +95,18 @@ class RedactSecrets(logging.Filter):
 
 
 def configure(level: str = "INFO", secrets: Iterable[str] = (), stream: Any = None,
-              redactor: Redactor | None = None) -> RedactSecrets:
+              redactor: Redactor | None = None, fmt: str | None = None) -> RedactSecrets:
     """Send the ``mapper`` loggers to stderr (or ``stream``), and redact every log record of
-    the process (any logger) with ``redactor`` (a new one holding ``secrets`` if not given)."""
+    the process (any logger) with ``redactor`` (a new one holding ``secrets`` if not given).
+
+    ``fmt`` is ``text`` or ``json`` (default ``$MAPPER_LOG_FORMAT``, else text); see
+    :mod:`mapper.service.logformat`."""
     redacting = RedactSecrets(secrets, redactor)
     _ACTIVE.add(redacting.redactor)
     _install_factory()
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(formatter_for(fmt if fmt is not None else os.environ.get("MAPPER_LOG_FORMAT", "text")))
+    handler.addFilter(RequestContextFilter())
     handler.addFilter(redacting)
     logger = logging.getLogger("mapper")
     for old in list(logger.handlers):

@@ -1,14 +1,17 @@
-"""The ``mapper`` command: the integrator's workbench.
+"""The ``mapper`` command: the integrator's workbench, and the server's.
 
 ``mapper validate PATH...`` prints every problem as ``file:line: key: message``
-and exits 1 if there is any (warnings are printed but do not fail).
+and exits 1 if there is any (warnings are printed but do not fail); a server
+file (``tenants:``) is checked with every mapping it names.
 ``mapper run`` answers one Khoros operation against the CRM and prints the
 trace of every step; ``--record`` keeps the exchanges. ``mapper test``
 replays recordings offline against their golden answers. ``mapper init``
 starts a mapping from a CRM's OpenAPI description. ``mapper serve`` runs the
-Khoros-facing server; without ``--mapping`` it starts the bundled demo
-(found through the ``crm_mapper.demo`` entry point) and serves its mapping,
-so a first run needs nothing else.
+Khoros-facing server (``--config`` a server file, or ``--mapping`` one
+mapping); without either it starts the bundled demo (found through the
+``crm_mapper.demo`` entry point) and serves its mapping, so a first run
+needs nothing else. ``mapper reload`` checks the files, then sends SIGHUP
+to a running server.
 """
 
 from __future__ import annotations
@@ -16,16 +19,20 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
 import click
+import requests
 
 from ..core.compiler import compile_file
-from ..errors import ConfigError
+from ..core.source import load_source
+from ..errors import ConfigError, Problem
 
 
 @click.group()
@@ -36,9 +43,17 @@ def main() -> None:
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def validate(paths: tuple[str, ...]) -> None:
-    """Check mapping files: schema, templates, JSONPaths and every referenced value."""
+    """Check mapping files (and server files): schema, templates, JSONPaths and every referenced value."""
     failed = 0
     for path in paths:
+        problems = _server_file_problems(path)
+        if problems is not None:
+            failed += bool(problems)
+            for problem in problems:
+                click.echo(str(problem), err=True)
+            if not problems:
+                click.echo(f"{path}: ok (server file)")
+            continue
         try:
             mapping = compile_file(path)
         except ConfigError as exc:
@@ -53,6 +68,17 @@ def validate(paths: tuple[str, ...]) -> None:
     if failed:
         click.echo(f"{failed} of {len(paths)} mapping file(s) have problems.", err=True)
         sys.exit(1)
+
+
+def _server_file_problems(path: str) -> list[Problem] | None:
+    """The problems of a server file, or None when ``path`` is not one."""
+    from ..service.tenants import is_server_file, validate_server_file
+
+    try:
+        doc = load_source(path)
+    except ConfigError:
+        return None  # reported by the mapping check
+    return validate_server_file(path) if is_server_file(doc) else None
 
 
 @main.command()
@@ -217,8 +243,10 @@ def init(specs: tuple[str, ...], customer: str | None, case_: str | None, note: 
 
 
 @main.command()
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="Server file listing tenants (default $MAPPER_CONFIG).")
 @click.option("--mapping", "mapping_path", type=click.Path(exists=True, dir_okay=False),
-              help="Mapping file to serve. Without it: the bundled demo and its mapping.")
+              help="Mapping file to serve. Without it or --config: the bundled demo and its mapping.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
 @click.option("--port", default=8080, show_default=True, type=int)
 @click.option("--workers", type=click.IntRange(min=1), envvar="MAPPER_WORKERS", show_envvar=True,
@@ -231,18 +259,21 @@ def init(specs: tuple[str, ...], customer: str | None, case_: str | None, note: 
               show_envvar=True, help="Seconds requests in flight get to finish on stop (default 10).")
 @click.option("--keepalive", type=click.IntRange(min=1), envvar="MAPPER_KEEPALIVE", show_envvar=True,
               help="Seconds an idle client connection stays open (default 5).")
-def serve(mapping_path: str | None, host: str, port: int, workers: int | None, threads: int | None,
-          timeout: int | None, graceful_timeout: int | None, keepalive: int | None) -> None:
+def serve(config_path: str | None, mapping_path: str | None, host: str, port: int, workers: int | None,
+          threads: int | None, timeout: int | None, graceful_timeout: int | None, keepalive: int | None) -> None:
     """Run the Khoros-facing server in production: gunicorn, threaded workers.
 
-    Settings not given here come from mapper/service/gunicorn_conf.py."""
-    from ..core.engine import Engine
+    Settings not given here come from mapper/service/gunicorn_conf.py. SIGHUP re-reads
+    every file and swaps them in only if all are good (docs/service.md)."""
     from ..service import gunicorn_conf
     from ..service.app import create_app, parse_tokens
     from ..service.server import run, settings
 
     tokens = parse_tokens(os.environ.get("MAPPER_AUTH_TOKENS"))
-    if mapping_path is None:
+    config_path = config_path or os.environ.get("MAPPER_CONFIG")
+    if config_path is None and mapping_path is None:
+        mapping_path = os.environ.get("MAPPER_MAPPING")
+    if config_path is None and mapping_path is None:
         mapping_path = _demo_mapping()
         if mapping_path is None:
             click.echo("No --mapping given and no demo is installed; pass --mapping FILE.", err=True)
@@ -257,16 +288,106 @@ def serve(mapping_path: str | None, host: str, port: int, workers: int | None, t
                         "threads": threads, "timeout": timeout, "graceful_timeout": graceful_timeout,
                         "keepalive": keepalive})
     try:
-        engine = Engine.load(mapping_path, pool_size=options.get("threads", gunicorn_conf.threads))
-        app = create_app(engine, tokens=tokens)
+        pool_size = options.get("threads", gunicorn_conf.threads)
+        if config_path:
+            app = create_app(config_path=config_path, pool_size=pool_size)
+        else:
+            app = create_app(mapping_path=mapping_path, tokens=tokens, pool_size=pool_size)
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
         sys.exit(1)
-    click.echo(f"Serving {engine.mapping.name} ({mapping_path}) on http://{host}:{port}/api/v1 "
-               f"({options['workers']} processes x {options['threads']} threads)", )
+    runtime = app.config["RUNTIME"]
+    served = ", ".join(f"{name}: {t.engine.mapping.name}" for name, t in runtime.current.tenants.items())
+    click.echo(f"Serving {served} ({config_path or mapping_path}) on http://{host}:{port}/api/v1 "
+               f"({options['workers']} processes x {options['threads']} threads; pid {os.getpid()}, "
+               "SIGHUP reloads)")
     sys.stdout.flush()
     run(app, options)
+
+
+@main.command()
+@click.option("--pid", type=int, help="Process id of the server (gunicorn: the master's).")
+@click.option("--pid-file", type=click.Path(exists=True, dir_okay=False),
+              help="File holding that process id (gunicorn --pid, systemd PIDFile).")
+@click.option("--url", help="The server's base URL: wait for its /readyz to show the outcome "
+              "(sends $MAPPER_ADMIN_TOKENS, if set, to see the problems of a refused reload).")
+@click.argument("check", nargs=-1, type=click.Path(dir_okay=False))
+def reload(pid: int | None, pid_file: str | None, url: str | None, check: tuple[str, ...]) -> None:
+    """Reload a running server: check the files given (server file or mappings) first, then
+    send SIGHUP. The server checks everything again and keeps the old files if any is broken;
+    with --url, wait until every worker asked reports the outcome, and exit 1 if it was refused."""
+    if (pid is None) == (pid_file is None):
+        click.echo("Give the server's process id: --pid N or --pid-file FILE.", err=True)
+        sys.exit(2)
+    broken = 0
+    for path in check:
+        problems = _server_file_problems(path)
+        if problems is None:
+            try:
+                compile_file(path)
+                problems = []
+            except ConfigError as exc:
+                problems = exc.problems
+        broken += bool(problems)
+        for problem in problems:
+            click.echo(str(problem), err=True)
+    if broken:
+        click.echo("Not reloading: fix the problems above first (the server keeps serving the old files).",
+                   err=True)
+        sys.exit(1)
+    if pid is None:
+        assert pid_file is not None
+        with open(pid_file, encoding="ascii") as handle:
+            pid = int(handle.read().strip())
+    if url:
+        try:
+            _readyz(url)  # it answers before we signal: the wait below can only fail on the reload
+        except (requests.RequestException, ValueError) as exc:
+            click.echo(f"Not reloading: {url}/readyz does not answer ({type(exc).__name__}).", err=True)
+            sys.exit(2)
+    sent = time.time()
+    os.kill(pid, signal.SIGHUP)
+    click.echo(f"Sent SIGHUP to {pid}; its /readyz shows the result.")
+    if url:
+        sys.exit(_wait_for_reload(url, sent))
+
+
+def _readyz(url: str) -> dict[str, Any]:
+    token = os.environ.get("MAPPER_ADMIN_TOKENS", "").split(",")[0].strip()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with requests.Session() as session:  # a new connection each time: another worker may answer
+        answer: dict[str, Any] = session.get(url.rstrip("/") + "/readyz", headers=headers, timeout=10).json()
+    return answer
+
+
+def _wait_for_reload(url: str, sent: float, seconds: float = 60.0) -> int:
+    """Until five answers in a row (likely from different workers) show the outcome of a
+    reload that happened after the signal was sent (same machine, same clock)."""
+    from ..service.reload import iso_time
+
+    after = iso_time(sent)
+    agreeing = 0
+    deadline = time.monotonic() + seconds
+    ready: dict[str, Any] = {}
+    while time.monotonic() < deadline and agreeing < 5:
+        ready = _readyz(url)
+        last = ready.get("last_reload") or {}
+        done = str(last.get("at", "")) > after
+        agreeing = agreeing + 1 if done else 0
+        if not done:
+            time.sleep(0.1)
+    last = ready.get("last_reload") or {}
+    if agreeing < 5:
+        click.echo("The server did not report the reload in time; see its log.", err=True)
+        return 1
+    if last.get("ok"):
+        click.echo(f"Reloaded: generation {ready['generation']}.")
+        return 0
+    click.echo(f"Refused: the server keeps generation {ready.get('generation')}.", err=True)
+    for problem in last.get("problems", []):
+        click.echo(str(problem), err=True)
+    return 1
 
 
 def _demo_mapping() -> str | None:
