@@ -167,7 +167,8 @@ def test_sighup_reloads_in_the_background(served: tuple[str, Runtime, Path]) -> 
 
 
 def test_mapper_reload_reports_the_outcome_of_mapper_serve(tmp_path: Path, crms: tuple[Crm, Crm]) -> None:
-    """``mapper serve --config`` reloads on SIGHUP; ``mapper reload --url`` says whether it took."""
+    """``mapper serve --config`` (gunicorn, the app built before its workers fork) reloads on
+    SIGHUP; ``mapper reload --url`` says whether it took."""
     import subprocess
     import sys
 
@@ -200,13 +201,13 @@ def test_mapper_reload_reports_the_outcome_of_mapper_serve(tmp_path: Path, crms:
 
         refused = reload()
         assert refused.returncode == 1
-        assert "Refused: the server keeps generation 0." in refused.stderr
+        assert "Refused: the server keeps generation" in refused.stderr
         assert f"{traced}:" in refused.stderr and "connection.retry_429" in refused.stderr
         assert globex_uri(url).startswith("https://people.example/")
         traced_mapping(tmp_path, site="https://people-v3.example")
         accepted = reload()
         assert accepted.returncode == 0, accepted.stderr
-        assert "Reloaded: generation 1." in accepted.stdout
+        assert "Reloaded: generation" in accepted.stdout
         assert globex_uri(url).startswith("https://people-v3.example/")
     finally:
         process.terminate()

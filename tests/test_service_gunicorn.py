@@ -293,4 +293,4 @@ def test_json_log_lines_parse_and_carry_trace_ids(service: Service) -> None:
     assert ours, "no JSON line"
     mine = [line for line in ours if line["trace_id"] == trace]
     assert any(line.get("status") == 404 and line["tenant"] == "globex" for line in mine), mine
-    assert any(line["logger"] == "mapper.pipeline" for line in mine)
+    assert all(line["tenant"] == "globex" and line["operation"] == "get_customer" for line in mine)
