@@ -17,7 +17,9 @@ thinking of its own.
             ├── Unsupported           the mapping declares the operation unsupported
             └── UpstreamError         the CRM failed or answered something we cannot use
                 ├── UpstreamUnavailable   the CRM refused or dropped the connection
-                └── UpstreamTimeout       the CRM did not answer inside the Khoros budget
+                ├── UpstreamTimeout       the CRM did not answer inside the Khoros budget
+                └── MissingValue          a template read a key the data lacks (also a
+                                          MappingRuntimeError: the path may be wrong too)
 
 Messages are sentences meant for a person: what failed and what to do. They
 never contain secrets or template contexts; submitted values are not echoed.
@@ -150,6 +152,15 @@ class UpstreamError(ServerError):
     """Raised when the CRM answers with a failure or with something unusable."""
 
     code = "crm_error"
+    # Set by the HTTP client on transport failures that another attempt might not meet:
+    # the cause (as urllib3's retry policy classifies it), and whether the request
+    # provably never left (a refused connection), which makes even a write safe to resend.
+    transient: Exception | None = None
+    nothing_sent: bool = False
+
+    def retry_allowed(self, safe: bool) -> bool:
+        """May this failure be retried, for a call that is (or is not) safe to repeat?"""
+        return self.transient is not None and (safe or self.nothing_sent)
 
 
 class UpstreamUnavailable(UpstreamError):
@@ -162,6 +173,13 @@ class UpstreamTimeout(UpstreamError):
     """Raised when the CRM does not answer within what is left of the Khoros budget."""
 
     code = "crm_timeout"
+
+
+class MissingValue(UpstreamError, MappingRuntimeError):
+    """Raised when a template reads a key (at any depth) that the data does not have: most
+    often the CRM answered something other than what the mapping expects."""
+
+    code = "crm_error"
 
 
 # Khoros error codes a mapping may raise from an upstream answer, and the

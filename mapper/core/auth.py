@@ -12,14 +12,17 @@ an instance URL) are exposed to templates as ``auth.<name>``.
 from __future__ import annotations
 
 import base64
+import copy
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from jsonpath_ng import JSONPath
 
-from ..errors import ConfigError, Problem, UpstreamError
+from ..errors import ConfigError, KhorosError, Problem, UpstreamError, UpstreamTimeout
 from . import context
 from .budget import Deadline
 from .templating import Compiled
@@ -70,6 +73,9 @@ class QueryAuth(Signer):
         outbound.params.append((self._name, self._value))
 
 
+# After a failed token fetch, the next waits 1, 2, 4... seconds, up to this much.
+MAX_BACKOFF = 30.0
+
 # The OAuth 2.0 grants the oauth2 signer can use (connection.auth.grant).
 GRANTS = ("client_credentials", "refresh_token")
 
@@ -101,22 +107,28 @@ class OAuth2(Signer):
         self._extra = extra
         self._refresh_when = refresh_when
         self._lock = threading.Lock()
+        self._failures = 0
+        self._retry_at = 0.0
+        self._failure: KhorosError | None = None
         self._token: str | None = None
         self._expires_at: float | None = None
         self.values: dict[str, Any] = {}
         self.issued: set[str] = set()  # every token the CRM issued, for redaction
         self.token_requests = 0
 
-    def ensure(self, client: Client, deadline: Deadline) -> None:
-        """Have a valid token (fetching one if none is cached or it has expired)."""
-        with self._lock:
+    def ensure(self, client: Client, deadline: Deadline) -> str:
+        """A valid token (fetching one if none is cached or it has expired)."""
+        with self._held(deadline):
             fresh = self._token is not None and (self._expires_at is None or time.time() < self._expires_at)
             if not fresh:
                 self._fetch(client, deadline)
+            assert self._token is not None  # _fetch raises rather than leave none
+            return self._token
 
     def sign(self, outbound: Outbound, client: Client, deadline: Deadline) -> None:
-        self.ensure(client, deadline)
-        outbound.headers["Authorization"] = f"Bearer {self._token}"
+        # The token is the one ensure() saw under the lock: reading self._token after the lock
+        # is released could see None left by another request's failed refresh ("Bearer None").
+        outbound.headers["Authorization"] = f"Bearer {self.ensure(client, deadline)}"
 
     def refresh_on(self, answer: Inbound) -> bool:
         if self._refresh_when is None:
@@ -125,7 +137,7 @@ class OAuth2(Signer):
                                                  "headers": answer.headers}))
 
     def refresh(self, client: Client, deadline: Deadline, failed: Outbound | None = None) -> None:
-        with self._lock:
+        with self._held(deadline):
             # Many requests refused at once must not each fetch a token: if the token changed
             # since the refused request was signed, another request already refreshed it.
             if failed is not None and self._token is not None \
@@ -133,13 +145,45 @@ class OAuth2(Signer):
                 return
             self._fetch(client, deadline)
 
+    @contextmanager
+    def _held(self, deadline: Deadline) -> Iterator[None]:
+        """The token lock, waited for no longer than the request's budget allows: a slow token
+        endpoint must not keep every other request past its deadline."""
+        if not self._lock.acquire(timeout=max(deadline.remaining(), 0.0)):
+            raise UpstreamTimeout("Another request was still fetching an OAuth token from the CRM when this "
+                                  "request's time ran out. Check that the CRM's token endpoint is responsive.")
+        try:
+            yield
+        finally:
+            self._lock.release()
+
     def _fetch(self, client: Client, deadline: Deadline) -> None:
+        """Fetch a token (the caller holds the lock). After a failure, the next fetch waits
+        1, 2, 4... up to MAX_BACKOFF seconds: meanwhile every request gets the same error
+        at once instead of each asking the token endpoint again, one after the other."""
+        if self._failure is not None and time.monotonic() < self._retry_at:
+            raise copy.copy(self._failure)
+        try:
+            self._fetch_now(client, deadline)
+        except KhorosError as exc:
+            self._token = None
+            self._failures += 1
+            self._retry_at = time.monotonic() + min(2.0 ** (self._failures - 1), MAX_BACKOFF)
+            self._failure = exc
+            raise
+        self._failures = 0
+        self._failure = None
+
+    def _fetch_now(self, client: Client, deadline: Deadline) -> None:
         self.token_requests += 1
         answer = client.send_raw(Outbound("POST", self._token_url, form=dict(self._form),
                                           headers={"Accept": "application/json"}), deadline)
         if not answer.ok:
-            self._token = None
             context.token_refresh("failed")
+            if answer.status == 429 or answer.status >= 500:
+                raise UpstreamError(
+                    f"The CRM's token endpoint is busy or failing (HTTP {answer.status}); no OAuth token "
+                    "could be fetched. Try again shortly.", internal=answer.text)
             raise UpstreamError(
                 f"The CRM's token endpoint refused our OAuth credentials (HTTP {answer.status}). "
                 "Check the client id, secret or refresh token this mapping reads from the environment.",

@@ -680,7 +680,7 @@ class Compiler:
         for extraction in extractions:
             self.define(extraction.name, path + ("extract", extraction.name), scope)
         return RequestStep(name, where, when, request=spec, accept=frozenset(raw.get("accept", [])),
-                           errors=errors, extract=extractions, paginate=pagination)
+                           errors=errors, extract=extractions, paginate=pagination, safe=req.get("safe"))
 
     def _extraction(self, name: str, raw: Any, path: tuple[Any, ...], scope: set[str] | frozenset[str],
                     body_fields: set[str] | None) -> Extraction:
@@ -703,7 +703,7 @@ class Compiler:
                               has_default="default" in raw, default=raw.get("default"))
         return Extraction(name, where, path=self.jsonpath(raw["path"], path + ("path",)), path_text=raw["path"],
                           many=bool(raw.get("many", False)), has_default="default" in raw,
-                          default=raw.get("default"))
+                          default=raw.get("default"), lenient=bool(raw.get("lenient", False)))
 
     def _error_rule(self, raw: dict[str, Any], path: tuple[Any, ...], scope: set[str] | frozenset[str],
                     body_fields: set[str] | None = None) -> ErrorRule:

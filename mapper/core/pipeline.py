@@ -28,13 +28,14 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from jsonpath_ng import JSONPath
+from jsonpath_ng.jsonpath import Child, Slice, Wildcard
 from requests.structures import CaseInsensitiveDict
 
 from ..errors import FieldError, KhorosError, MappingRuntimeError, UpstreamError, error_for_code
 from . import context
 from .budget import Deadline
 from .templating import OMIT, Compiled
-from .upstream import Client, Inbound, Outbound
+from .upstream import Client, Inbound, Outbound, is_html_page
 
 log = logging.getLogger("mapper.pipeline")
 
@@ -80,18 +81,28 @@ class Extraction:
     expression: Compiled | None = None
     header: str | None = None  # an answer header, looked up whatever its case
     pattern: re.Pattern[str] | None = None  # applied to the header: its first group, else the whole match
+    lenient: bool = False  # many: accept whatever [*] meets (an object's values) instead of requiring a list
 
     def extract(self, scope: dict[str, Any]) -> Any:
         if self.expression is not None:
             try:
                 return self.expression.evaluate(scope)
             except MappingRuntimeError as exc:
-                raise MappingRuntimeError(
+                raise type(exc)(
                     f"{exc.message.rstrip('.')}; {describe_keys('answer', scope['response'])}.",
                     internal=exc.internal) from exc
         if self.header is not None:
             return self._from_header(scope["headers"])
         assert self.path is not None
+        if self.many and not self.lenient:
+            problem = self._not_a_list(scope["response"])
+            if problem is not None:
+                if self.has_default and problem.startswith("nothing"):
+                    return self.default
+                raise UpstreamError(
+                    f"The CRM's answer had {problem} for '{self.name}' ({self.where}); "
+                    f"{describe_keys('answer', scope['response'])}. The CRM may have changed its API or "
+                    "answered with an error; write 'lenient: true' if other shapes are expected.")
         matches = [m.value for m in self.path.find(scope["response"])]
         if self.many:
             return matches
@@ -103,6 +114,21 @@ class Extraction:
             f"The CRM's answer had nothing at {self.path_text} for '{self.name}' ({self.where}); "
             f"{describe_keys('answer', scope['response'])}. "
             "The CRM may have changed its API, or the mapping's path is wrong.")
+
+    def _not_a_list(self, response: Any) -> str | None:
+        """What is wrong when the path's first ``[*]`` meets something other than a list
+        (JSONPath would read an object's values, or nothing, and an error would pass as
+        "no matches"); None when all is well or the path has no ``[*]``."""
+        container = _before_wildcard(self.path)
+        if container is None:
+            return None
+        found = container.find(response)
+        if not found:
+            return f"nothing at {container} (a list was expected at {self.path_text})"
+        for match in found:
+            if not isinstance(match.value, list):
+                return f"{type(match.value).__name__} where {self.path_text} expects a list"
+        return None
 
     def _from_header(self, headers: Any) -> Any:
         assert self.header is not None
@@ -119,6 +145,19 @@ class Extraction:
         raise UpstreamError(
             f"The CRM's answer had no {what} for '{self.name}' ({self.where}). "
             "The CRM may have changed its API, or the mapping's header name or pattern is wrong.")
+
+
+def _before_wildcard(path: JSONPath | None) -> JSONPath | None:
+    """The part of ``$.a.b[*].c`` before its first ``[*]`` (``$.a.b``), or None."""
+    chain: list[JSONPath] = []
+    node = path
+    while isinstance(node, Child):
+        chain.append(node)
+        node = node.left
+    for child in reversed(chain):
+        if isinstance(child.right, (Wildcard, Slice)):
+            return child.left  # type: ignore[no-any-return]
+    return None
 
 
 @dataclass
@@ -207,6 +246,7 @@ class RequestStep(Step):
     errors: list[ErrorRule] = field(default_factory=list)
     extract: list[Extraction] = field(default_factory=list)
     paginate: Pagination | None = None
+    safe: bool | None = None  # request.safe: may be resent (default: GET and HEAD only)
 
     def run(self, run: Run, scope: dict[str, Any]) -> None:
         if self.paginate is None:
@@ -221,9 +261,10 @@ class RequestStep(Step):
         outbound = self._render(run, scope)
         started = time.monotonic()
         try:
-            answer = run.client.send(outbound, run.deadline)
+            answer = run.client.send(outbound, run.deadline, safe=self.safe)
         except KhorosError as exc:  # no answer at all: timeout, refused connection...
             context.crm_call(self.name, exc.code, time.monotonic() - started)
+            exc.message = f"{exc.message.rstrip('.')} (step '{self.name}' at {self.where.place})."
             raise
         context.crm_call(self.name, str(answer.status), answer.seconds)
         run.calls += 1
@@ -233,13 +274,36 @@ class RequestStep(Step):
             log.debug("trace=%s step=%s %s -> %s %.0fms", run.trace_id, self.name, outbound.describe(),
                       answer.status, answer.seconds * 1000)
         self._check(run, scope, answer, outbound)
+        self._check_usable(run, answer, outbound)
         return answer
+
+    def _check_usable(self, run: Run, answer: Inbound, outbound: Outbound) -> None:
+        """A 2xx the step cannot read is the CRM failing, not "nothing found": an HTML page
+        (a proxy or login page), or text or an empty body where the step reads JSON."""
+        if not answer.ok:
+            return
+        reads = self.paginate is not None or any(e.header is None for e in self.extract)
+        if is_html_page(answer):
+            what = "an HTML page"
+        elif not reads or isinstance(answer.body, (dict, list)) or answer.status == 204:
+            return
+        elif answer.body is None:
+            if all(e.has_default or e.header is not None for e in self.extract) and self.paginate is None:
+                return  # every value read from it may be missing
+            what = "an empty body"
+        else:
+            what = "text that is not JSON" if isinstance(answer.body, str) else f"a JSON {type(answer.body).__name__}"
+        raise UpstreamError(
+            f"The CRM answered {outbound.describe()} (step '{self.name}' at {self.where.place}) with HTTP "
+            f"{answer.status} but {what}, where the mapping reads JSON. The CRM or a proxy in front of it "
+            "is failing.", internal=f"{outbound.describe()} -> {answer.status}: {run.redact(answer.text)[:300]}")
 
     def _follow_pages(self, run: Run, scope: dict[str, Any]) -> Inbound:
         assert self.paginate is not None
         pages = self.paginate
         collected: list[Any] = []
         page: dict[str, Any] = {"number": 0, "cursor": None}
+        seen: list[Any] = []  # cursors may be dicts or lists: compared by value
         while True:
             answer = self._call(run, {**scope, "page": page})
             collected.extend(m.value for m in pages.items.find(answer.body))
@@ -253,6 +317,14 @@ class RequestStep(Step):
             if not pages.keep_going.evaluate(page_scope):
                 break
             cursor = pages.cursor.evaluate(page_scope) if pages.cursor is not None else None
+            if cursor is not None and cursor in seen:
+                # The CRM sent a cursor it sent before: following it would fetch the same pages
+                # again until max_pages, and the list would hold each record several times.
+                log.warning("trace=%s step=%s the CRM repeated a pagination cursor; stopped after %d page(s)",
+                            run.trace_id, self.name, page["number"] + 1)
+                break
+            if cursor is not None:
+                seen.append(cursor)
             page = {"number": page["number"] + 1, "cursor": cursor}
         scope[pages.into] = collected
         return answer
@@ -271,7 +343,8 @@ class RequestStep(Step):
             if value:
                 outbound.headers["traceparent"] = value
         if spec.headers is not None:
-            outbound.headers.update({k: str(v) for k, v in spec.headers.evaluate(scope).items()})
+            outbound.headers.update({k: str(v) for k, v in spec.headers.evaluate(scope).items()
+                                     if v is not None and v is not OMIT})  # none: no header, not "None"
         if spec.query is not None:
             for key, value in spec.query.evaluate(scope).items():
                 for item in value if isinstance(value, list) else [value]:
@@ -295,10 +368,19 @@ class RequestStep(Step):
         internal = f"{outbound.describe()} -> {answer.status}: {run.redact(answer.text)[:300]}"
         rules = self.errors if accepted else [*self.errors, *run.mapping_errors]
         for rule in rules:
-            if rule.matches(answer, answer_scope):
+            try:
+                if not rule.matches(answer, answer_scope):
+                    continue
                 shown = {**answer_scope, "response": run.redact(answer.body),
                          "headers": CaseInsensitiveDict(run.redact(dict(answer.headers)))}
-                raise rule.to_error(shown, internal=internal)
+                error = rule.to_error(shown, internal=internal)
+            except MappingRuntimeError as exc:
+                # The rule could not read this answer (fromjson on a body that is not JSON...):
+                # the CRM's own failure stays what the agent sees, and its answer is logged.
+                log.warning("trace=%s step=%s error rule at %s failed on the CRM's answer (%s): %s",
+                            run.trace_id, self.name, rule.where.place, exc.message, internal)
+                continue
+            raise error
         if accepted:
             return
         if answer.status in (401, 403):
@@ -307,6 +389,8 @@ class RequestStep(Step):
         else:
             message = (f"The CRM answered HTTP {answer.status} to {outbound.describe()} "
                        f"(step '{self.name}' at {self.where.place}), which the mapping does not handle.")
+            if answer.status == 429:
+                message += " The CRM is rate-limiting us; it asked for a longer wait than Khoros allows."
         raise UpstreamError(message, code="crm_error", internal=internal)
 
 
@@ -365,7 +449,14 @@ class ForEachStep(Step):
         collected: dict[str, list[Any]] = {name: [] for name in self.collect}
         for index, item in enumerate(items):
             inner = {**scope, self.item_name: item, "index": index}
-            run.run_steps(self.steps, inner)
+            calls = run.calls
+            try:
+                run.run_steps(self.steps, inner)
+            except KhorosError as exc:
+                done = f"items 0-{index - 1} were done" if index > 1 else "item 0 was done" if index else "none was done"
+                exc.message = (f"{exc.message.rstrip('.')} (item {index} of {len(items)} of the for_each at "
+                               f"{self.where.place}; {done}{', this item made ' + str(run.calls - calls) + ' CRM call(s) before failing' if run.calls > calls else ''}).")
+                raise
             for name, value in self.collect.items():
                 evaluated = value.evaluate(inner)
                 if evaluated is not OMIT:

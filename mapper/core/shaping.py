@@ -76,7 +76,7 @@ class Shaper:
         try:
             raw = self.shape.evaluate({**scope, "record": record})
         except MappingRuntimeError as exc:
-            raise MappingRuntimeError(f"{exc.message.rstrip('.')}; {describe_keys('record', record)}.",
+            raise type(exc)(f"{exc.message.rstrip('.')}; {describe_keys('record', record)}.",
                                       internal=exc.internal) from exc
         if not isinstance(raw, dict):
             raise self._fail(f"gave {type(raw).__name__}, not an object")

@@ -29,11 +29,11 @@ from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, Undefined, meta, nodes
+from jinja2 import StrictUndefined, TemplateError, Undefined, UndefinedError, meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 
-from ..errors import MappingRuntimeError
+from ..errors import MapperError, MappingRuntimeError, MissingValue
 from .filters import FILTERS, urlencode_part
 
 
@@ -428,6 +428,10 @@ class Expression(Compiled):
         self._fn = env.compile_expression(expr, undefined_to_none=False)
         self._ast = env.parse("{{" + expr + "}}")
         self._plan = expression_plan(self._ast)
+        # Only a literal list or dict, or a value passed to a filter or call, can hide an
+        # Undefined inside the result; checked at load time so that plain paths pay nothing.
+        self._may_hold_undefined = any(True for _ in self._ast.find_all(
+            (nodes.Dict, nodes.List, nodes.Tuple, nodes.Filter, nodes.Call)))
 
     def evaluate(self, context: dict[str, Any]) -> Any:
         if self._plan is not None:
@@ -436,13 +440,14 @@ class Expression(Compiled):
                 return value
         try:
             value = self._fn(**context)
-        except (TemplateError, ArithmeticError, LookupError, TypeError, ValueError) as exc:
-            raise _runtime_error(self.where, exc) from exc
-        if isinstance(value, Undefined):
-            try:
+            if isinstance(value, Undefined):
                 value._fail_with_undefined_error()
-            except TemplateError as exc:
-                raise _runtime_error(self.where, exc) from exc
+            if self._may_hold_undefined and isinstance(value, (dict, list)):
+                _fail_on_undefined(value)  # {'a': record.missing} builds a dict holding an Undefined
+        except MapperError:
+            raise
+        except Exception as exc:  # filters may raise anything (re.error, OSError...): name the place
+            raise _runtime_error(self.where, exc) from exc
         return value
 
     def names(self) -> set[str]:
@@ -473,7 +478,9 @@ class Text(Compiled):
                 return value
         try:
             return self._template.render(context)
-        except (TemplateError, ArithmeticError, LookupError, TypeError, ValueError) as exc:
+        except MapperError:
+            raise
+        except Exception as exc:  # filters may raise anything (re.error, OSError...): name the place
             raise _runtime_error(self.where, exc) from exc
 
     def names(self) -> set[str]:
@@ -547,11 +554,32 @@ class MapValue(Compiled):
         return self.over.names() | (inner - {self.item_name, "index"})
 
 
+def _fail_on_undefined(value: Any) -> None:
+    """Raise Jinja's own error for the first Undefined inside a list or dict."""
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, Undefined):
+            item._fail_with_undefined_error()
+        elif isinstance(item, dict):
+            todo.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            todo.extend(item)
+
+
 def _runtime_error(where: str, exc: Exception) -> MappingRuntimeError:
     # Jinja's messages name the variable or attribute, never the context's values.
-    return MappingRuntimeError(
-        f"The mapping could not build a value at {where}: {str(exc).rstrip('.')}.",
-        internal=type(exc).__name__)
+    text = str(exc).rstrip(".")
+    if isinstance(exc, UndefinedError) and (" has no attribute " in text or " has no element " in text):
+        return MissingValue(
+            f"The mapping could not build a value at {where} because a key it reads is missing (the CRM's "
+            f"answer may lack it, or the mapping reads the wrong one): {text}.", internal=type(exc).__name__)
+    if isinstance(exc, re.error):
+        text = f"a regular expression in it is not valid ({text})"
+    elif not isinstance(exc, (TemplateError, ArithmeticError, LookupError, TypeError, ValueError)):
+        text = f"{type(exc).__name__}: {text}"
+    return MappingRuntimeError(f"The mapping could not build a value at {where}: {text}.",
+                               internal=type(exc).__name__)
 
 
 class TemplateCompileError(Exception):

@@ -10,11 +10,13 @@ which CRM call failed without showing secrets.
 
 from __future__ import annotations
 
+import codecs
 import email.utils
 import http.cookiejar
 import json
 import logging
 import time
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,16 +26,37 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ProtocolError, ReadTimeoutError
+from urllib3.util.retry import Retry
 
-from ..errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from ..errors import MappingRuntimeError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from . import context
 from .budget import Deadline
+from .watchdog import POOL_CLASSES, watching
 
 log = logging.getLogger("mapper.upstream")
 
 # Below this many seconds left, a call is not worth starting.
 MIN_CALL_SECONDS = 0.05
+# A retry (after a 429's wait or a backoff) is sent only if this much time (or the whole
+# connection.timeout, if shorter) is left for it: less would only turn the CRM's own
+# answer into our timeout.
+MIN_RETRY_SECONDS = 1.0
+# Opening a connection gets at most this long (and never more than the call's time).
+CONNECT_SECONDS = 3.0
 CHUNK = 64 * 1024
+
+
+# Read calls: retried on connection failures, timeouts, 502/503/504 and HTML error pages,
+# twice at most, sooner or later by the budget (0 s, then 0.2 s, 0.4 s... up to 1 s apart).
+READ_RETRY = Retry(total=2, connect=2, read=2, status=2, other=0, redirect=0, allowed_methods=None,
+                   status_forcelist=(502, 503, 504), backoff_factor=0.1, backoff_max=1.0,
+                   respect_retry_after_header=False, raise_on_status=False)
+# Writes: once, and only when the connection was refused (nothing was sent). Retrying a write
+# that may have been applied needs the mapping's word on how to find it.
+WRITE_RETRY = Retry(total=1, connect=1, read=False, status=0, other=0, redirect=0, allowed_methods=None,
+                    status_forcelist=(), raise_on_status=False)
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass
@@ -102,33 +125,53 @@ def _retry_after_seconds(value: str | None) -> float | None:
     return max(moment.timestamp() - time.time(), 0.0)
 
 
+def is_html_page(answer: Inbound) -> bool:
+    """A proxy's or a server's HTML error page where the CRM's API answers JSON."""
+    if not answer.text.strip() or isinstance(answer.body, (dict, list)):
+        return False
+    kind = str(answer.headers.get("Content-Type", "")).split(";")[0].strip().lower()
+    return kind in ("text/html", "application/xhtml+xml") or (
+        answer.text.lstrip()[:15].lower().startswith(("<!doctype", "<html")))
+
+
 class Client:
     """A pooled connection to one CRM, shared by every request the mapping serves."""
 
     def __init__(self, *, call_timeout: float, max_body_bytes: int, max_429_retries: int = 2,
                  default_429_wait: float | None = None,
                  signer: Signer | None = None, pool_size: int = 32,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 read_retry: Retry = READ_RETRY, write_retry: Retry = WRITE_RETRY) -> None:
         self.call_timeout = call_timeout
         self.max_body_bytes = max_body_bytes
         self.max_429_retries = max_429_retries
         self.default_429_wait = default_429_wait
         self.signer = signer or Signer()
+        self.read_retry = read_retry
+        self.write_retry = write_retry
         self._sleep = sleep
         self.session = requests.Session()
         # The session is shared by every Khoros request: a cookie one CRM answer sets must
         # not be sent with the next request, whoever it is for. No domain may set cookies.
         self.session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+        adapter = WatchedAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
 
     def close(self) -> None:
         self.session.close()
 
-    def send(self, outbound: Outbound, deadline: Deadline, *, sign: bool = True) -> Inbound:
-        """Send with credentials; refresh them once if the CRM says they expired;
-        wait out 429s that fit the budget."""
+    def send(self, outbound: Outbound, deadline: Deadline, *, sign: bool = True,
+             safe: bool | None = None) -> Inbound:
+        """Send with credentials; refresh them once if the CRM says they expired; wait out
+        429s that fit the budget; retry what may be retried while the budget allows.
+
+        ``safe``: the call may be sent again (a read); by default true for GET and HEAD only.
+        A safe call is retried on connection failures, timeouts, 502/503/504 and HTML error
+        pages; any other call only when the connection was refused, so nothing was sent."""
+        if safe is None:
+            safe = outbound.method.upper() in SAFE_METHODS
+        retry = self.read_retry if safe else self.write_retry
         refreshed = False
         rate_limited = 0
         while True:
@@ -136,7 +179,16 @@ class Client:
                                outbound.json_body, outbound.form, outbound.has_json_body)
             if sign:
                 self.signer.sign(attempt, self, deadline)
-            answer = self.send_raw(attempt, deadline)
+            try:
+                answer = self.send_raw(attempt, deadline)
+            except UpstreamError as exc:
+                if not exc.retry_allowed(safe):
+                    raise
+                next_retry = self._next_retry(retry, outbound, deadline, error=exc.transient)
+                if next_retry is None:
+                    raise
+                retry = next_retry
+                continue
             if sign and not refreshed and self.signer.refresh_on(answer):
                 refreshed = True
                 log.info("credentials expired on %s; refreshing once", outbound.describe())
@@ -147,79 +199,214 @@ class Client:
                 wait = _retry_after_seconds(answer.headers.get("Retry-After"))
                 if wait is None:
                     wait = self.default_429_wait  # some CRMs rate-limit without saying how long
-                if wait is not None and wait + MIN_CALL_SECONDS < deadline.remaining():
+                # Wait only when a useful call still fits after the wait; otherwise the 429 goes
+                # straight to the mapping's rules (its rate-limit message beats a doomed retry).
+                if wait is not None and wait + self._useful_call() <= deadline.remaining():
                     rate_limited += 1
                     log.info("CRM rate-limited %s; waiting %.2fs as Retry-After asks", outbound.describe(), wait)
                     context.rate_limit_wait(wait)
                     self._sleep(wait)
                     continue
+            if safe and (answer.status in retry.status_forcelist
+                         or (is_html_page(answer) and (answer.ok or answer.status >= 500))):
+                next_retry = self._next_retry(retry, outbound, deadline, status=answer.status)
+                if next_retry is not None:
+                    retry = next_retry
+                    continue
             return answer
 
+    def _useful_call(self) -> float:
+        return min(self.call_timeout, MIN_RETRY_SECONDS)
+
+    def _next_retry(self, retry: Retry, outbound: Outbound, deadline: Deadline, *,
+                    error: Exception | None = None, status: int | None = None) -> Retry | None:
+        """The retry state after one more failure, having slept its backoff; None when the
+        policy is spent or the backoff and a useful call no longer fit the budget."""
+        try:
+            retry = retry.increment(method=outbound.method, url=outbound.describe(), error=error)
+        except Exception:  # MaxRetryError, or the policy re-raises what it will not retry
+            return None
+        wait = retry.get_backoff_time()
+        if wait + self._useful_call() > deadline.remaining():
+            return None
+        what = f"HTTP {status}" if status is not None else type(error).__name__
+        log.info("retrying %s after %s (waiting %.2fs)", outbound.describe(), what, wait)
+        context.retry("transient")
+        if wait:
+            self._sleep(wait)
+        return retry
+
     def send_raw(self, outbound: Outbound, deadline: Deadline) -> Inbound:
-        """One HTTP exchange, bounded by the deadline, with no auth or retry logic."""
+        """One HTTP exchange, bounded by the deadline, with no auth or retry logic.
+
+        The whole exchange (connect, headers, body) is watched: at the end of its time the
+        socket is shut down (:mod:`mapper.core.watchdog`), whatever pace the CRM keeps."""
         allowed = deadline.allow(self.call_timeout)
         if allowed < MIN_CALL_SECONDS:
             raise UpstreamTimeout(
                 f"The CRM call {outbound.describe()} was not started: the Khoros time limit "
                 f"({deadline.seconds:g} s) was already spent by earlier CRM calls.")
+        _check_header_values(outbound)
         started = time.monotonic()
         kwargs: dict[str, Any] = {"params": outbound.params or None, "headers": outbound.headers,
-                                  "timeout": (min(allowed, 3.0), allowed), "stream": True,
+                                  "timeout": (min(allowed, CONNECT_SECONDS), allowed), "stream": True,
                                   "allow_redirects": False}
         if outbound.has_json_body:
             kwargs["json"] = outbound.json_body
         elif outbound.form is not None:
             kwargs["data"] = outbound.form
-        try:
-            response = self.session.request(outbound.method, outbound.url, **kwargs)
+        with watching(allowed) as watch:
             try:
-                raw = self._read_body(response, outbound, deadline)
-            finally:
-                response.close()
-        except requests.Timeout as exc:
-            raise UpstreamTimeout(
-                f"The CRM did not answer {outbound.describe()} within {allowed:.1f} s, so we stopped "
-                f"waiting to answer Khoros in time. Check that the CRM is up and responsive.",
-                internal=type(exc).__name__) from exc
-        except requests.ConnectionError as exc:
-            parts = urlsplit(outbound.url)  # host and port only: the netloc may carry user:password
-            host = f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
-            raise UpstreamUnavailable(
-                f"Could not connect to the CRM at {host} for {outbound.describe()}. Check that the CRM "
-                f"is running and that the mapping's base URL is right.", internal=type(exc).__name__) from exc
-        except requests.RequestException as exc:
-            raise UpstreamError(f"The CRM call {outbound.describe()} failed: {type(exc).__name__}.") from exc
+                response = self.session.request(outbound.method, outbound.url, **kwargs)
+                try:
+                    raw = self._read_body(response, outbound)
+                finally:
+                    response.close()
+            except UpstreamError:
+                raise
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+                raise _transport_error(exc, outbound, allowed, watch.fired) from exc
+            if watch.fired:  # a body without a length ends when the socket closes: it may be cut
+                raise _no_answer(outbound, allowed, ReadTimeoutError(None, outbound.url, "deadline"))
         seconds = time.monotonic() - started
-        text = raw.decode(response.encoding or "utf-8", errors="replace")
+        text = raw.decode(_charset(response), errors="replace")
         answer = Inbound(response.status_code, CaseInsensitiveDict(response.headers), _parse(text), text, seconds)
         log.debug("CRM %s -> %s in %.3fs", outbound.describe(), answer.status, seconds)
         return answer
 
-    def _read_body(self, response: requests.Response, outbound: Outbound, deadline: Deadline) -> bytes:
+    def _read_body(self, response: requests.Response, outbound: Outbound) -> bytes:
         raw = response.raw
+        encoding = str(response.headers.get("Content-Encoding", "")).strip().lower()
+        decoder = _decoder(encoding, outbound)
         if raw.chunked and raw.supports_chunked_reads():
-            pieces: Iterator[bytes] = raw.read_chunked(CHUNK, decode_content=True)
+            pieces: Iterator[bytes] = raw.read_chunked(CHUNK, decode_content=False)
         else:
             # read1 returns what one socket read brings; read(CHUNK) would wait for CHUNK bytes
             # (or the end), so a CRM dripping a Content-Length body would never meet the deadline check.
-            pieces = iter(lambda: raw.read1(CHUNK, decode_content=True), b"")
+            pieces = iter(lambda: raw.read1(CHUNK, decode_content=False), b"")
         chunks: list[bytes] = []
         size = 0
         try:
             for chunk in pieces:
+                if decoder is not None:
+                    # Decompressed a little at a time and counted as it grows: a small gzip
+                    # answer can unpack to gigabytes.
+                    chunk = decoder.decompress(chunk, self.max_body_bytes + 1 - size)
+                    if decoder.unconsumed_tail:
+                        size = self.max_body_bytes + 1
                 size += len(chunk)
                 if size > self.max_body_bytes:
                     raise UpstreamError(
                         f"The CRM answered {outbound.describe()} with more than {self.max_body_bytes} bytes; "
                         f"raise connection.max_response_bytes in the mapping if that is expected.")
-                if deadline.expired():
-                    raise requests.Timeout("body not complete before the deadline")
                 chunks.append(chunk)
-        except urllib3.exceptions.ReadTimeoutError as exc:  # a stall mid-body is a timeout, not a refusal
-            raise requests.Timeout(str(exc)) from exc
-        except urllib3.exceptions.HTTPError as exc:
-            raise requests.ConnectionError(str(exc)) from exc
+        except zlib.error as exc:
+            raise UpstreamError(f"The CRM's answer to {outbound.describe()} was not valid {encoding} data.",
+                                internal=str(exc)) from exc
         return b"".join(chunks)
+
+
+class WatchedAdapter(HTTPAdapter):
+    """requests' adapter on connection pools whose calls the watchdog can cut."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = POOL_CLASSES  # type: ignore[assignment]
+
+
+def _decoder(encoding: str, outbound: Outbound) -> Any:
+    if encoding in ("", "identity"):
+        return None
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj()
+    raise UpstreamError(f"The CRM answered {outbound.describe()} in the '{encoding[:20]}' encoding, which we "
+                        "did not ask for (only gzip and deflate).")
+
+
+def _charset(response: requests.Response) -> str:
+    """The charset the answer names, else UTF-8: JSON's own default. (requests falls back
+    to ISO-8859-1 for any text/* type, which turns a 'josé' labelled text/plain into 'josÃ©'.)"""
+    content_type = str(response.headers.get("Content-Type", ""))
+    for param in content_type.split(";")[1:]:
+        key, _, value = param.strip().partition("=")
+        if key.strip().lower() == "charset" and value.strip().strip('"'):
+            name = value.strip().strip('"')
+            try:
+                codecs.lookup(name)
+            except LookupError:
+                return "utf-8"
+            return name
+    return "utf-8"
+
+
+def _check_header_values(outbound: Outbound) -> None:
+    for name, value in outbound.headers.items():
+        try:
+            str(value).encode("latin-1")
+        except UnicodeEncodeError:
+            raise MappingRuntimeError(
+                f"The header '{name}' for {outbound.describe()} has characters HTTP headers cannot carry "
+                "(only Latin-1); percent-encode the value in the mapping (urlencode).") from None
+
+
+def _host(url: str) -> str:
+    parts = urlsplit(url)  # host and port only: the netloc may carry user:password
+    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        item = todo.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        yield item
+        todo += [item.__cause__, item.__context__, getattr(item, "reason", None)]
+        todo += [arg for arg in item.args if isinstance(arg, BaseException)]
+
+
+def _transport_error(exc: BaseException, outbound: Outbound, allowed: float, fired: bool) -> UpstreamError:
+    """Say what happened: never connected (nothing sent), or sent and then no (whole) answer."""
+    causes = list(_causes(exc))
+    not_connected = any(isinstance(c, (NewConnectionError, ConnectTimeoutError)) for c in causes)
+    if fired or isinstance(exc, requests.ReadTimeout) or any(isinstance(c, ReadTimeoutError) for c in causes):
+        if not_connected:
+            error: UpstreamError = UpstreamTimeout(
+                f"Could not connect to the CRM at {_host(outbound.url)} within {allowed:.1f} s for "
+                f"{outbound.describe()}; nothing was sent. Check that the CRM is up and reachable.",
+                internal=type(exc).__name__)
+            error.transient = ConnectTimeoutError(str(exc))
+            return error
+        return _no_answer(outbound, allowed, ReadTimeoutError(None, outbound.url, str(exc)))
+    if isinstance(exc, requests.ConnectTimeout) or not_connected:
+        refused = any(isinstance(c, ConnectionRefusedError) for c in causes)
+        error = UpstreamUnavailable(
+            f"Could not connect to the CRM at {_host(outbound.url)} for {outbound.describe()}"
+            f"{' (connection refused)' if refused else ''}; nothing was sent. Check that the CRM is running "
+            "and that the mapping's base URL is right.", internal=type(exc).__name__)
+        error.transient = NewConnectionError(None, str(exc))  # type: ignore[arg-type]
+        error.nothing_sent = True
+        return error
+    error = UpstreamUnavailable(
+        f"The CRM dropped the connection during {outbound.describe()} before its answer was complete: "
+        "the request was sent, so it may have been applied. Check the CRM's health and logs.",
+        internal=type(exc).__name__)
+    error.transient = ProtocolError(str(exc))
+    return error
+
+
+def _no_answer(outbound: Outbound, allowed: float, cause: Exception) -> UpstreamTimeout:
+    applied = "" if outbound.method.upper() in SAFE_METHODS else " (it may have been applied)"
+    error = UpstreamTimeout(
+        f"The CRM was sent {outbound.describe()} but gave no complete answer within {allowed:.1f} s{applied}; "
+        "we stopped waiting to answer Khoros in time. Check that the CRM is up and responsive.",
+        internal=type(cause).__name__)
+    error.transient = cause
+    return error
 
 
 def _parse(text: str) -> Any:

@@ -1,0 +1,166 @@
+"""Close a CRM connection when its call runs out of time, whatever the CRM does.
+
+Socket timeouts bound each single read, not a whole call: a CRM that sends
+its headers just before the timeout and then drips one byte per second (or
+one chunk of a chunked body per timeout) keeps a call alive far past the
+Khoros deadline, and the connect and read timeouts add up. So every CRM call
+is *watched*: one thread per process keeps the calls' end times in a heap and,
+when one passes, shuts the call's socket down. A blocked read then returns at
+once, and the client reports a timeout because the watch says it fired.
+
+Connections learn which watch they belong to when a request is written on
+them (:class:`WatchedConnectionMixin`), through a thread-local set by the
+caller (:func:`watching`). A connection reused later by another call belongs
+to that call's watch, so a late watch can never cut someone else's call.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+# While a connection is still being opened it has no socket to shut down; the
+# connect timeout (never longer than the call's time) ends that phase, and the
+# watch looks again this often until it has a socket or the call finished.
+RECHECK_SECONDS = 0.02
+
+_LOCK = threading.Lock()  # guards which watch owns which connection, and firing
+_current = threading.local()
+
+
+class Watch:
+    """One CRM call's end time; ``fired`` once its connection was shut down for it."""
+
+    __slots__ = ("ends", "connection", "fired", "done")
+
+    def __init__(self, ends: float) -> None:
+        self.ends = ends
+        self.connection: Any = None
+        self.fired = False
+        self.done = False
+
+
+class Watchdog:
+    """One daemon thread that fires watches in order of their end times."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Watch]] = []
+        self._order = itertools.count()
+        self._wakeup = threading.Condition(threading.Lock())
+        self._thread: threading.Thread | None = None
+
+    def arm(self, seconds: float) -> Watch:
+        watch = Watch(time.monotonic() + max(seconds, 0.0))
+        self._push(watch)
+        return watch
+
+    def disarm(self, watch: Watch) -> None:
+        with _LOCK:
+            watch.done = True  # left in the heap; skipped when its time comes
+
+    def _push(self, watch: Watch) -> None:
+        with self._wakeup:
+            heapq.heappush(self._heap, (watch.ends, next(self._order), watch))
+            if self._thread is None or not self._thread.is_alive():  # also after a fork
+                self._thread = threading.Thread(target=self._loop, name="crm-call-watchdog", daemon=True)
+                self._thread.start()
+            self._wakeup.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._wakeup:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    timeout = self._heap[0][0] - time.monotonic() if self._heap else None
+                    self._wakeup.wait(timeout)
+                _, _, watch = heapq.heappop(self._heap)
+            if not _fire(watch):
+                watch.ends = time.monotonic() + RECHECK_SECONDS
+                self._push(watch)
+
+
+def _fire(watch: Watch) -> bool:
+    """Shut the watched call's socket down; False when it has none yet (still connecting)."""
+    with _LOCK:
+        if watch.done:
+            return True
+        connection = watch.connection
+        if connection is None or getattr(connection, "watch", None) is not watch:
+            # Nothing written yet: the call is still connecting (bounded by its connect
+            # timeout). Mark it so the request is not written when the connect succeeds.
+            watch.fired = True
+            return connection is not None
+        # http.client lets go of the socket (sock = None) once the headers say the connection
+        # closes after this answer, while the body is still read from it: keep our own handle.
+        sock = getattr(connection, "sock", None) or getattr(connection, "opened_socket", None)
+        watch.fired = True
+        if sock is None:
+            return False
+        try:
+            sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked recv at once; close() alone would not
+        except OSError:
+            pass
+        return True
+
+
+WATCHDOG = Watchdog()
+
+
+@contextmanager
+def watching(seconds: float) -> Iterator[Watch]:
+    """Watch the CRM call made inside the block: its socket is shut down after ``seconds``."""
+    watch = WATCHDOG.arm(seconds)
+    _current.watch = watch
+    try:
+        yield watch
+    finally:
+        _current.watch = None
+        WATCHDOG.disarm(watch)
+
+
+class WatchedConnectionMixin:
+    """Claims the current thread's watch when a request is written on this connection."""
+
+    watch: Watch | None = None
+    opened_socket: socket.socket | None = None
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        self.opened_socket = self.sock  # type: ignore[attr-defined]
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        watch = getattr(_current, "watch", None)
+        with _LOCK:
+            self.watch = watch
+            if watch is not None:
+                watch.connection = self
+                if watch.fired:  # the time ran out while connecting
+                    raise TimeoutError("the call's time ran out before the request was written")
+        return super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class WatchedHTTPConnection(WatchedConnectionMixin, HTTPConnection):
+    pass
+
+
+class WatchedHTTPSConnection(WatchedConnectionMixin, HTTPSConnection):
+    pass
+
+
+class WatchedHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = WatchedHTTPConnection
+
+
+class WatchedHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = WatchedHTTPSConnection
+
+
+POOL_CLASSES = {"http": WatchedHTTPConnectionPool, "https": WatchedHTTPSConnectionPool}
