@@ -377,7 +377,8 @@ def test_a_429_longer_than_the_budget_is_a_clear_500(khoros: KhorosClient, servi
 @pytest.mark.parametrize("status", [500, 502, 503])
 def test_instance_5xx_is_a_500_with_the_trace_id(khoros: KhorosClient, servicenow: ServiceNowState,
                                                  status: int) -> None:
-    servicenow.fail_next(status, "<html><body>Instance hibernating</body></html>", times=3)  # a read is tried three times (two retries): every try fails
+    # A read is tried three times (two retries): every try fails.
+    servicenow.fail_next(status, "<html><body>Instance hibernating</body></html>", times=3)
 
     answer = khoros.search({"email": "someone@example.com"})
 

@@ -149,14 +149,15 @@ class Extraction:
 
 def _before_wildcard(path: JSONPath | None) -> JSONPath | None:
     """The part of ``$.a.b[*].c`` before its first ``[*]`` (``$.a.b``), or None."""
-    chain: list[JSONPath] = []
-    node = path
+    chain: list[Child] = []
+    node: Any = path
     while isinstance(node, Child):
         chain.append(node)
         node = node.left
     for child in reversed(chain):
         if isinstance(child.right, (Wildcard, Slice)):
-            return child.left  # type: ignore[no-any-return]
+            left: JSONPath = child.left
+            return left
     return None
 
 
@@ -453,9 +454,12 @@ class ForEachStep(Step):
             try:
                 run.run_steps(self.steps, inner)
             except KhorosError as exc:
-                done = f"items 0-{index - 1} were done" if index > 1 else "item 0 was done" if index else "none was done"
+                done = (f"items 0-{index - 1} were done" if index > 1
+                        else "item 0 was done" if index else "none was done")
+                made = run.calls - calls
+                partly = f", this item made {made} CRM call(s) before failing" if made else ""
                 exc.message = (f"{exc.message.rstrip('.')} (item {index} of {len(items)} of the for_each at "
-                               f"{self.where.place}; {done}{', this item made ' + str(run.calls - calls) + ' CRM call(s) before failing' if run.calls > calls else ''}).")
+                               f"{self.where.place}; {done}{partly}).")
                 raise
             for name, value in self.collect.items():
                 evaluated = value.evaluate(inner)

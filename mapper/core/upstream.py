@@ -267,7 +267,7 @@ class Client:
             except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
                 raise _transport_error(exc, outbound, allowed, watch.fired) from exc
             if watch.fired:  # a body without a length ends when the socket closes: it may be cut
-                raise _no_answer(outbound, allowed, ReadTimeoutError(None, outbound.url, "deadline"))
+                raise _no_answer(outbound, allowed, _read_timeout(outbound, "deadline"))
         seconds = time.monotonic() - started
         text = raw.decode(_charset(response), errors="replace")
         answer = Inbound(response.status_code, CaseInsensitiveDict(response.headers), _parse(text), text, seconds)
@@ -311,7 +311,7 @@ class WatchedAdapter(HTTPAdapter):
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = POOL_CLASSES  # type: ignore[assignment]
+        self.poolmanager.pool_classes_by_scheme = POOL_CLASSES
 
 
 def _decoder(encoding: str, outbound: Outbound) -> Any:
@@ -381,7 +381,7 @@ def _transport_error(exc: BaseException, outbound: Outbound, allowed: float, fir
                 internal=type(exc).__name__)
             error.transient = ConnectTimeoutError(str(exc))
             return error
-        return _no_answer(outbound, allowed, ReadTimeoutError(None, outbound.url, str(exc)))
+        return _no_answer(outbound, allowed, _read_timeout(outbound, str(exc)))
     if isinstance(exc, requests.ConnectTimeout) or not_connected:
         refused = any(isinstance(c, ConnectionRefusedError) for c in causes)
         error = UpstreamUnavailable(
@@ -397,6 +397,11 @@ def _transport_error(exc: BaseException, outbound: Outbound, allowed: float, fir
         internal=type(exc).__name__)
     error.transient = ProtocolError(str(exc))
     return error
+
+
+def _read_timeout(outbound: Outbound, text: str) -> ReadTimeoutError:
+    """The cause urllib3's retry policy counts as a read failure (it needs no pool)."""
+    return ReadTimeoutError(None, outbound.describe(), text)  # type: ignore[arg-type]
 
 
 def _no_answer(outbound: Outbound, allowed: float, cause: Exception) -> UpstreamTimeout:

@@ -16,6 +16,7 @@ to that call's watch, so a late watch can never cut someone else's call.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import socket
@@ -40,7 +41,7 @@ _current = threading.local()
 class Watch:
     """One CRM call's end time; ``fired`` once its connection was shut down for it."""
 
-    __slots__ = ("ends", "connection", "fired", "done")
+    __slots__ = ("connection", "done", "ends", "fired")
 
     def __init__(self, ends: float) -> None:
         self.ends = ends
@@ -104,10 +105,8 @@ def _fire(watch: Watch) -> bool:
         watch.fired = True
         if sock is None:
             return False
-        try:
+        with contextlib.suppress(OSError):  # already closed by its reader
             sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked recv at once; close() alone would not
-        except OSError:
-            pass
         return True
 
 
