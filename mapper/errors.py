@@ -74,6 +74,11 @@ class KhorosError(MapperError):
     def to_json(self, trace_id: str) -> dict[str, Any]:
         return {"error": self.code, "message": f"{self.message} (trace {trace_id})"}
 
+    def add_context(self, where: str) -> None:
+        """Say where it happened, as the error passes up: ``... (step 'x' at file:line).``"""
+        self.message = f"{self.message.rstrip('.')} ({where})."
+        self.args = (self.message,)
+
 
 class BadRequest(KhorosError):
     """Raised when the request body is not JSON, not an object, or names unknown fields."""

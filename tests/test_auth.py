@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +24,7 @@ from mapper.core.auth import SIGNERS, BasicAuth, BearerAuth, HeaderAuth, NoAuth,
 from mapper.core.budget import Deadline
 from mapper.core.templating import compile_value
 from mapper.core.upstream import Client, Outbound
-from mapper.errors import UpstreamError
+from mapper.errors import UpstreamError, UpstreamTimeout
 from tests.support.live_server import LiveServer, serve
 
 
@@ -42,6 +44,7 @@ class CrmState:
     token_status: int = 200
     expires_in: int | None = None
     always_401: bool = False
+    token_delay: float = 0.0  # the token endpoint answers this late
 
 
 def crm_app(state: CrmState) -> Flask:
@@ -54,6 +57,8 @@ def crm_app(state: CrmState) -> Flask:
 
     @app.post("/oauth/token")
     def token() -> Response:
+        if state.token_delay:
+            time.sleep(state.token_delay)
         if state.token_status != 200:
             return Response('{"error": "invalid_client"}', status=state.token_status, mimetype="application/json")
         state.tokens_issued += 1
@@ -277,3 +282,59 @@ def test_a_token_answer_without_a_token_is_crm_auth_failed(crm):
     client.close()
     assert caught.value.code == "crm_auth_failed"
     assert "without an access token" in caught.value.message
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_busy_token_endpoint_is_not_reported_as_refused_credentials(crm, state, status):
+    state.token_status = status
+    client = client_with(oauth(crm))
+    with pytest.raises(UpstreamError) as caught:
+        call(client, crm, "/api/thing")
+    client.close()
+    assert caught.value.code == "crm_error"
+    assert f"busy or failing (HTTP {status})" in caught.value.message
+    assert "refused" not in caught.value.message
+
+
+def test_after_a_failed_fetch_concurrent_calls_share_the_failure_instead_of_each_asking(crm, state):
+    signer = oauth(crm)
+    client = client_with(signer)
+    assert call(client, crm, "/api/thing") == 200
+    state.valid_token = "revoked-by-the-crm"
+    state.token_status = 400
+
+    def attempt(_: int) -> str:
+        try:
+            return str(call(client, crm, "/api/thing"))
+        except UpstreamError as exc:
+            return exc.code
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        outcomes = list(pool.map(attempt, range(6)))
+    client.close()
+    assert outcomes == ["crm_auth_failed"] * 6
+    assert [s.path for s in state.seen].count("/oauth/token") == 2  # the first token, and one failed refresh
+    assert all(s.headers.get("Authorization") != "Bearer None" for s in state.seen)
+
+
+def test_a_request_waits_for_another_requests_token_fetch_only_within_its_own_budget(crm, state):
+    state.token_delay = 2.0
+    signer = oauth(crm)
+    client = client_with(signer)
+    first_done = threading.Event()
+
+    def slow_first() -> None:
+        try:
+            signer.ensure(client, Deadline(8))
+        finally:
+            first_done.set()
+
+    first = threading.Thread(target=slow_first)
+    first.start()
+    while not any(s.path == "/oauth/token" for s in state.seen):  # the first holds the lock now
+        time.sleep(0.01)
+    with pytest.raises(UpstreamTimeout, match="Another request was still fetching an OAuth token"):
+        signer.ensure(client, Deadline(1.0))
+    assert not first_done.is_set()  # it gave up before the slow fetch ended
+    first.join()
+    client.close()

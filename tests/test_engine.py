@@ -25,6 +25,7 @@ from mapper.core.engine import Engine, Tenancy
 from mapper.errors import (
     BadRequest,
     ConfigError,
+    MappingRuntimeError,
     NotFound,
     Overloaded,
     Unsupported,
@@ -477,3 +478,14 @@ def test_a_request_that_queued_past_the_budget_is_refused_before_any_crm_call(en
     assert crm.requests == []
     status, _ = engine.run("create_case", {"customerId": "1", "title": "Late"}, arrived=time.monotonic() - 2)
     assert status == 201  # queued, but with time enough left
+
+
+def test_live_list_values_that_are_plain_strings_are_a_mapping_error_naming_the_place():
+    from mapper.core.engine import _live_field
+
+    with pytest.raises(MappingRuntimeError, match=r"m\.yaml:12 model\.customer\.live.*listValues for 'tier'"):
+        _live_field({"name": "tier", "type": "single_sel_list", "listValues": ["gold"]},
+                    "m.yaml:12 model.customer.live")
+    good = _live_field({"name": "tier", "type": "single_sel_list", "listValues": [{"name": "Gold", "value": "gold"}]},
+                       "m.yaml:12 model.customer.live")
+    assert good["listValues"] == [{"name": "Gold", "value": "gold"}]

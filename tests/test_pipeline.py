@@ -90,6 +90,18 @@ def crm_app(state: CrmState) -> Flask:
         response.headers["OData-EntityId"] = f"{request.host_url}api/data/v9.2/entities({new})"
         return response
 
+    @app.get("/odd/<kind>")
+    def odd(kind: str) -> Response:  # 2xx answers a step cannot read
+        bodies = {"html": ("<!DOCTYPE html><html><body>Sign in</body></html>", "text/html"),
+                  "text": ("Service is starting", "text/plain"), "empty": ("", "application/json"),
+                  "object": ('{"items": {"n": 1}}', "application/json")}
+        text, mimetype = bodies[kind]
+        return Response(text, status=200, mimetype=mimetype)
+
+    @app.get("/stuck-pages")
+    def stuck_pages() -> Response:  # a CRM whose cursor never moves on
+        return jsonify({"items": [{"n": 1}], "next": "abc"})
+
     @app.route("/form", methods=["POST"])
     def form() -> Response:
         return jsonify({"got": request.form.to_dict()})
@@ -634,3 +646,122 @@ def test_fail_with_fields_is_a_validation_failure(run):
                 fields: {email: "is required by this CRM"}
             """)
     assert [(f.name, f.error_message) for f in caught.value.fields] == [("email", "is required by this CRM")]
+
+
+# --- broken answers and other findings of the reliability review (#6) ----------------------
+
+@pytest.mark.parametrize(("kind", "what"), [("html", "an HTML page"), ("text", "text that is not JSON"),
+                                            ("empty", "an empty body")])
+def test_a_2xx_the_step_cannot_read_is_a_crm_error_naming_the_step_and_line(run, kind: str, what: str):
+    with pytest.raises(UpstreamError) as caught:
+        steps = """
+            - name: find people
+              request: {method: GET, path: "/odd/KIND"}
+              extract: {people: {path: "$[*]", many: true}}
+            """
+        run(steps.replace("KIND", kind))
+    assert caught.value.code == "crm_error"
+    assert f"HTTP 200 but {what}" in caught.value.message
+    assert "step 'find people' at t.yaml:" in caught.value.message
+
+
+def test_many_on_an_object_where_a_list_was_expected_is_an_error_not_its_values(run):
+    with pytest.raises(UpstreamError, match=r"dict where \$\.items\[\*\] expects a list .*t\.yaml:\d+"):
+        run("""
+            - request: {method: GET, path: /odd/object}
+              extract: {found: {path: "$.items[*]", many: true}}
+            """)
+
+
+def test_many_may_be_lenient_or_have_a_default_when_the_mapping_says_so(run):
+    scope = run("""
+        - request: {method: GET, path: /odd/object}
+          extract:
+            values: {path: "$.items[*]", many: true, lenient: true}
+            missing: {path: "$.nothing[*]", many: true, default: []}
+        """)
+    assert scope["values"] == [1]
+    assert scope["missing"] == []
+
+
+def test_a_list_where_a_list_is_expected_still_gives_every_match(run):
+    scope = run("""
+        - request: {method: GET, path: /people}
+          extract: {found: {path: "$[*]", many: true}}
+        """)
+    assert len(scope["found"]) == len(PEOPLE)
+
+
+def test_an_error_rule_whose_template_fails_keeps_the_crms_error_and_logs_its_answer(run, caplog):
+    with pytest.raises(UpstreamError) as caught:
+        run("""
+            - name: read a person
+              request: {method: GET, path: "/status/400"}
+              errors:
+                - {status: 400, error: validation_failed, message: "{{ (response.kind | fromjson).detail }}"}
+            """)
+    assert caught.value.code == "crm_error"
+    assert "The CRM answered HTTP 400" in caught.value.message
+    assert any("error rule at t.yaml:" in r.getMessage() and '"kind": "plain"' in r.getMessage()
+               for r in caplog.records)
+
+
+def test_a_failing_for_each_item_is_named_with_what_was_already_done(run, state):
+    with pytest.raises(NotFound) as caught:
+        run("""
+            - for_each: "{{ body.tags }}"
+              as: pid
+              steps:
+                - request: {method: GET, path: "/people/{{ pid }}"}
+                  errors:
+                    - {status: 404, error: not_found, message: "No person {{ pid }}"}
+            """, body={"tags": ["1", "2", "404", "3"]})
+    assert "(item 2 of 4 of the for_each at t.yaml:" in caught.value.message
+    assert "items 0-1 were done" in caught.value.message
+    assert len(state.requests) == 3
+
+
+def test_a_repeated_pagination_cursor_stops_the_pages(run, state):
+    scope = run("""
+        - request: {method: GET, path: /stuck-pages, query: {cursor: "{{ page.cursor | default(omit, true) }}"}}
+          paginate:
+            items: "$.items[*]"
+            into: found
+            while: "{{ response.next }}"
+            cursor: "{{ response.next }}"
+            max_pages: 10
+        """)
+    assert state.requests == ["GET /stuck-pages", "GET /stuck-pages?cursor=abc"]
+    assert scope["found"] == [{"n": 1}, {"n": 1}]
+
+
+def test_a_header_whose_value_is_none_is_not_sent(run, state):
+    run("""
+        - request:
+            method: GET
+            path: /people/1
+            headers: {X-Tenant: "{{ none }}", X-Kept: "yes"}
+        """)
+    assert "X-Tenant" not in state.headers[0]
+    assert state.headers[0]["X-Kept"] == "yes"
+
+
+def test_a_header_value_http_cannot_carry_is_a_mapping_error_naming_the_header(run):
+    expected = r"header 'X-Name' .*\(only Latin-1\).*step 'GET /people/1' at t\.yaml:"
+    with pytest.raises(MappingRuntimeError, match=expected):
+        run("""
+            - request: {method: GET, path: /people/1, headers: {X-Name: "{{ body.note }}"}}
+            """, body={"note": "Zoë ☃"})
+
+
+def test_a_missing_key_deep_inside_a_built_value_is_a_crm_error_not_a_serialisation_crash(run):
+    with pytest.raises(UpstreamError) as caught:
+        run("""
+            - request: {method: GET, path: "/people/{{ id }}"}
+              extract: {person: "$.data"}
+            - set:
+                built: "{{ {'outer': {'inner': person.no_such_key}} }}"
+            """)
+    assert caught.value.code == "crm_error"
+    assert "has no attribute 'no_such_key'" in caught.value.message
+    assert re.search(r"t\.yaml:\d+", caught.value.message)

@@ -25,7 +25,7 @@ from mapper.core.templating import (
     compile_value,
     iter_templates,
 )
-from mapper.errors import MappingRuntimeError
+from mapper.errors import MappingRuntimeError, MissingValue
 
 WHERE = "m.yaml:7 operations.get_customer.result"
 
@@ -419,3 +419,27 @@ def test_the_query_language_recipe_prints_what_the_docs_say_the_crm_received():
         ev("SELECT Id, Name, Email FROM Contact WHERE Email = {{ email | soql_string }} "
            "AND LastName LIKE '{{ name | backslash_escape(\"\\\\'%_\") }}%'", email=email, name=name),
     ]
+
+
+# --- failures outside Jinja's own errors stay in the hierarchy, with the place (#6) -----------
+
+@pytest.mark.parametrize(("template", "said"), [
+    ("{{ 'x' | rename_keys({'a': 'b'}) }}", "AttributeError: 'str' object has no attribute 'items'"),
+    ("{{ 'x' | re_sub('(', '') }}", "a regular expression in it is not valid"),
+    ("text {{ 'x' | re_sub('[', '') }}", "a regular expression in it is not valid"),
+])
+def test_a_filter_that_raises_any_exception_is_a_mapping_error_naming_the_place(template: str, said: str):
+    with pytest.raises(MappingRuntimeError) as caught:
+        compile_value(template, "m.yaml:7 operations.search.result").evaluate({})
+    assert caught.value.code == "mapping_error"
+    assert "m.yaml:7 operations.search.result" in caught.value.message
+    assert said in caught.value.message
+
+
+def test_a_missing_key_inside_a_built_structure_is_a_missing_value_not_an_undefined_inside_the_data():
+    value = compile_value("{{ {'case': {'owner': record.owner}} }}", "m.yaml:9 shapes.case")
+    with pytest.raises(MissingValue) as caught:
+        value.evaluate({"record": {"id": 1}})
+    assert caught.value.code == "crm_error"
+    assert "m.yaml:9 shapes.case" in caught.value.message
+    assert "has no attribute 'owner'" in caught.value.message

@@ -30,6 +30,7 @@ class CrmState:
     hits: list[str] = field(default_factory=list)
     release: threading.Event = field(default_factory=threading.Event)
     rate_limited: int = 0
+    flaky: int = 0  # how many answers /flaky still spoils
 
 
 def crm_app(state: CrmState) -> Flask:
@@ -57,7 +58,27 @@ def crm_app(state: CrmState) -> Flask:
                         "json": request.get_json(silent=True), "form": request.form.to_dict(),
                         "headers": {k: v for k, v in request.headers.items()}})
 
-    @app.get("/hang")
+    @app.route("/flaky/<kind>", methods=["GET", "POST"])
+    def flaky(kind: str) -> Response:
+        if state.flaky > 0:
+            state.flaky -= 1
+            if kind == "html":
+                return Response("<!DOCTYPE html><html>Bad gateway</html>", status=200, mimetype="text/html")
+            return Response("Service Unavailable", status=503, mimetype="text/plain")
+        return jsonify({"ok": True})
+
+    @app.get("/plain-json")
+    def plain_json() -> Response:  # JSON labelled text/plain, no charset: UTF-8 is the only sane reading
+        response = Response('{"name": "josé"}'.encode())
+        response.headers["Content-Type"] = "text/plain"
+        return response
+
+    @app.get("/bomb")
+    def bomb() -> Response:
+        return Response(gzip.compress(b"0" * 20_000_000), mimetype="application/json",
+                        headers={"Content-Encoding": "gzip"})
+
+    @app.route("/hang", methods=["GET", "POST"])
     def hang() -> Response:
         state.release.wait(10)  # a CRM that sleeps 10 s (released early when the test ends)
         return jsonify({"late": True})
@@ -352,3 +373,77 @@ def test_a_cookie_the_crm_sets_is_never_sent_back() -> None:
             client.close()
     assert [s.headers.get("Cookie") for s in crm.seen] == [None, None]
     assert len(client.session.cookies) == 0
+
+
+# --- retries and what the messages say (#6) ---------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["503", "html"])
+def test_a_read_is_retried_after_a_transient_failure(client, crm, state, kind):
+    state.flaky = 2
+    answer = client.send(get(crm, f"/flaky/{kind}"), Deadline(8))
+    assert (answer.status, answer.body) == (200, {"ok": True})
+    assert state.hits == [f"/flaky/{kind}"] * 3
+
+
+def test_a_read_gives_up_after_two_retries_with_the_crms_answer(client, crm, state):
+    state.flaky = 5
+    answer = client.send(get(crm, "/flaky/503"), Deadline(8))
+    assert answer.status == 503
+    assert len(state.hits) == 3
+
+
+def test_a_write_is_not_retried_after_a_503(client, crm, state):
+    state.flaky = 1
+    answer = client.send(Outbound("POST", crm.url + "/flaky/503", json_body={}, has_json_body=True), Deadline(8))
+    assert answer.status == 503
+    assert state.hits == ["/flaky/503"]
+
+
+def test_a_post_the_mapping_marks_safe_is_retried(client, crm, state):
+    state.flaky = 1
+    answer = client.send(Outbound("POST", crm.url + "/flaky/503", json_body={}, has_json_body=True),
+                         Deadline(8), safe=True)
+    assert answer.status == 200
+    assert len(state.hits) == 2
+
+
+def test_no_retry_is_started_when_the_budget_cannot_cover_it(client, crm, state):
+    state.flaky = 5
+    answer = client.send(get(crm, "/flaky/503"), Deadline(1.2))  # 0.7 s left: less than a useful call
+    assert answer.status == 503
+    assert state.hits == ["/flaky/503"]
+
+
+def test_a_refused_write_says_nothing_was_sent(client):
+    with pytest.raises(UpstreamUnavailable) as caught:
+        client.send(Outbound("POST", f"http://127.0.0.1:{free_port()}/cases", json_body={}, has_json_body=True),
+                    Deadline(8))
+    assert "Could not connect" in caught.value.message and "nothing was sent" in caught.value.message
+    assert caught.value.nothing_sent and caught.value.retry_allowed(safe=False)
+
+
+def test_a_write_with_no_answer_says_it_may_have_been_applied(crm):
+    client = Client(call_timeout=1.0, max_body_bytes=4096)
+    with pytest.raises(UpstreamTimeout) as caught:
+        client.send(Outbound("POST", crm.url + "/hang", json_body={}, has_json_body=True), Deadline(8))
+    client.close()
+    assert "it may have been applied" in caught.value.message
+    assert "Could not connect" not in caught.value.message
+    assert not caught.value.retry_allowed(safe=False)
+
+
+def test_a_retry_after_that_leaves_no_time_for_the_retry_is_not_waited(client, crm, state, sleeps):
+    state.rate_limited = 1
+    answer = client.send(get(crm, "/limited"), Deadline(2.4))  # 1.9 s left: 1 s wait + 1 s call do not fit
+    assert answer.status == 429
+    assert sleeps.waits == []
+
+
+def test_json_labelled_text_plain_without_charset_is_read_as_utf8(client, crm):
+    answer = client.send(get(crm, "/plain-json"), Deadline(8))
+    assert answer.body == {"name": "josé"}
+
+
+def test_a_gzip_bomb_is_stopped_at_the_size_limit(client, crm):
+    with pytest.raises(UpstreamError, match="more than 4096 bytes"):
+        client.send(get(crm, "/bomb"), Deadline(8))

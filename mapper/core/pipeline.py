@@ -265,7 +265,7 @@ class RequestStep(Step):
             answer = run.client.send(outbound, run.deadline, safe=self.safe)
         except KhorosError as exc:  # no answer at all: timeout, refused connection...
             context.crm_call(self.name, exc.code, time.monotonic() - started)
-            exc.message = f"{exc.message.rstrip('.')} (step '{self.name}' at {self.where.place})."
+            exc.add_context(f"step '{self.name}' at {self.where.place}")
             raise
         context.crm_call(self.name, str(answer.status), answer.seconds)
         run.calls += 1
@@ -458,8 +458,7 @@ class ForEachStep(Step):
                         else "item 0 was done" if index else "none was done")
                 made = run.calls - calls
                 partly = f", this item made {made} CRM call(s) before failing" if made else ""
-                exc.message = (f"{exc.message.rstrip('.')} (item {index} of {len(items)} of the for_each at "
-                               f"{self.where.place}; {done}{partly}).")
+                exc.add_context(f"item {index} of {len(items)} of the for_each at {self.where.place}; {done}{partly}")
                 raise
             for name, value in self.collect.items():
                 evaluated = value.evaluate(inner)
