@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -193,3 +194,13 @@ def test_messages_say_whether_the_request_was_sent(outcomes: dict[Cell, Outcome]
     assert "Could not connect" in refused and "nothing was sent" in refused
     hung_write = _body(outcomes[Cell("create_case", "hang", 2)].answer)["message"]
     assert "it may have been applied" in hung_write and "Could not connect" not in hung_write
+
+
+def test_the_documented_broken_answer_message_is_what_khoros_gets(outcomes: dict[Cell, Outcome]) -> None:
+    doc = Path(ROOT, "docs", "mapping-language.md").read_text(encoding="utf-8")
+    documented = doc.split("**A 2xx the step cannot read is an error**", 1)[1].split("```\n", 1)[1]
+    documented = documented.split("\n", 1)[0].strip()
+    answer = outcomes[Cell("search", "html_200", 1)].answer
+    assert answer is not None
+    message = TRACE.sub("", answer.body["message"]).strip().replace(f"{ROOT}/", "")
+    assert message == documented

@@ -98,6 +98,11 @@ def crm_app(state: CrmState) -> Flask:
         text, mimetype = bodies[kind]
         return Response(text, status=200, mimetype=mimetype)
 
+    @app.get("/echo-shape")
+    def echo_shape() -> Response:  # results as a list or (wrongly) as an object
+        results: Any = [{"id": 1}] if request.args.get("results") == "list" else {"id": 1}
+        return jsonify({"results": results, "attributes": {"x": "a", "y": "b"}})
+
     @app.get("/stuck-pages")
     def stuck_pages() -> Response:  # a CRM whose cursor never moves on
         return jsonify({"items": [{"n": 1}], "next": "abc"})
@@ -765,3 +770,31 @@ def test_a_missing_key_deep_inside_a_built_value_is_a_crm_error_not_a_serialisat
     assert caught.value.code == "crm_error"
     assert "has no attribute 'no_such_key'" in caught.value.message
     assert re.search(r"t\.yaml:\d+", caught.value.message)
+
+
+def _doc_block(after: str) -> str:
+    from pathlib import Path
+
+    from tests.targets.registry import ROOT
+
+    doc = Path(ROOT, "docs", "mapping-language.md").read_text(encoding="utf-8")
+    return doc.split(after, 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_documented_safe_search_compiles_to_a_safe_step():
+    step = textwrap.dedent(_doc_block("<a id=\"retries\"></a>**Retries.**"))
+    mapping = compile_document(load_source("t.yaml", mapping_text(step.replace("body.email", "body.handle"))))
+    compiled = mapping.operations["update_customer"].steps[0]
+    assert compiled.request.method == "POST"  # type: ignore[attr-defined]
+    assert compiled.safe is True  # type: ignore[attr-defined]
+
+
+def test_the_documented_many_extractions_behave_as_documented(run):
+    extract = textwrap.indent(_doc_block("With `many`, the part of the path"), "    ")
+    with pytest.raises(UpstreamError, match=r"dict where \$\.results\[\*\] expects a list"):
+        run("- request: {method: GET, path: /echo-shape}\n  extract:\n" + extract.split("\n", 1)[1])
+    scope = run("- request: {method: GET, path: /echo-shape, query: {results: list}}\n  extract:\n"
+                + extract.split("\n", 1)[1])
+    assert scope["found"] == [{"id": 1}]
+    assert scope["tags"] == []  # missing: the default
+    assert scope["values"] == ["a", "b"]  # an object's values, as lenient allows
