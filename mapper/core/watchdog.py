@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import os
 import socket
 import threading
 import time
@@ -94,11 +95,13 @@ def _fire(watch: Watch) -> bool:
         if watch.done:
             return True
         connection = watch.connection
-        if connection is None or getattr(connection, "watch", None) is not watch:
+        if connection is None:
             # Nothing written yet: the call is still connecting (bounded by its connect
-            # timeout). Mark it so the request is not written when the connect succeeds.
+            # timeout). Marked, so that the request is not written when the connect succeeds.
             watch.fired = True
-            return connection is not None
+            return False
+        if getattr(connection, "watch", None) is not watch:
+            return True  # the connection moved on to another call: this one had finished
         # http.client lets go of the socket (sock = None) once the headers say the connection
         # closes after this answer, while the body is still read from it: keep our own handle.
         sock = getattr(connection, "sock", None) or getattr(connection, "opened_socket", None)
@@ -111,6 +114,17 @@ def _fire(watch: Watch) -> bool:
 
 
 WATCHDOG = Watchdog()
+
+
+def _after_fork_in_child() -> None:
+    """A worker forked from a server that had made CRM calls starts with fresh state: the
+    parent's thread does not exist in the child, and its locks may have been held at fork."""
+    global _LOCK
+    _LOCK = threading.Lock()
+    WATCHDOG.__init__()  # type: ignore[misc]
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @contextmanager
