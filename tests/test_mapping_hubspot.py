@@ -570,9 +570,27 @@ class TestErrors:
                                       {"status": "error", "message": "internal error"}])
     def test_hubspot_failing_is_a_500_with_a_trace_id(self, khoros: KhorosClient, state: HubSpotState,
                                                       body: Any) -> None:
-        state.fail_next(502, body)
+        state.fail_next(502, body, times=3)  # the search is marked safe: tried three times
+        start = mark(state)
         message = assert_khoros_500(khoros.search({"email": f"a.{unique()}@example.com"}), "crm_error")
         assert "HubSpot failed (HTTP 502)" in message
+        assert len(since(state, start, "POST", "/crm/v3/objects/contacts/search")) == 3
+
+    def test_a_search_sent_as_post_is_retried_after_a_502_because_the_mapping_marks_it_safe(
+            self, khoros: KhorosClient, state: HubSpotState) -> None:
+        customer = new_customer(khoros)
+        state.fail_next(502, "<html><body>502 Bad Gateway</body></html>")
+        start = mark(state)
+        answer = khoros.search({"email": customer["email"]})
+        assert answer.status == 200 and [c["id"] for c in answer.body] == [customer["id"]]
+        assert len(since(state, start, "POST", "/crm/v3/objects/contacts/search")) == 2
+
+    def test_a_create_is_not_retried_after_a_502(self, khoros: KhorosClient, state: HubSpotState) -> None:
+        state.fail_next(502, "<html><body>502 Bad Gateway</body></html>")
+        start = mark(state)
+        answer = khoros.create_customer({"firstName": "Once", "lastName": "Only", "email": f"o.{unique()}@example.com"})
+        assert answer.status == 500
+        assert len(since(state, start, "POST", "/crm/v3/objects/contacts")) == 1
 
 
 # -- the live data model ---------------------------------------------------------------------------
