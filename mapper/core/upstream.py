@@ -1,11 +1,14 @@
 """HTTP calls to the CRM: one pooled session per mapping, each call on a budget.
 
 This module knows HTTP and nothing about Khoros or mapping syntax. It sends
-one request, reads the answer within the time the :class:`Deadline` allows
-(the body is streamed so a CRM that drips bytes cannot hold us past the
-deadline), waits out a ``429 Retry-After`` when the wait fits the budget, and
-turns transport failures into :mod:`mapper.errors` classes whose messages say
-which CRM call failed without showing secrets.
+one request and reads the answer within the time the :class:`Deadline` allows
+(a watchdog closes the connection when that time is up, whatever pace the CRM
+keeps: see :mod:`mapper.core.watchdog`); waits out a ``429 Retry-After`` when
+the wait and a useful call fit the budget; retries reads (and writes that
+provably never left) on transient failures, by urllib3's ``Retry`` policy,
+while the budget allows; and turns transport failures into
+:mod:`mapper.errors` classes whose messages say which CRM call failed, and
+whether the request was sent, without showing secrets.
 """
 
 from __future__ import annotations
