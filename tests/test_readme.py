@@ -321,7 +321,7 @@ def test_re_recording_writes_recordings_that_replay(tmp_path: Path) -> None:
 
 # --- the console ---------------------------------------------------------------------------
 
-def test_the_console_command_serves_the_console_with_the_admin_token(tmp_path: Path) -> None:
+def test_the_console_command_serves_the_console_and_the_metrics_to_the_admin_token(tmp_path: Path) -> None:
     (command,) = commands(readme.block("console"))
     token = re.search(r"='([^']+)'", command)
     assert token
@@ -336,3 +336,4 @@ def test_the_console_command_serves_the_console_with_the_admin_token(tmp_path: P
         setup = requests.get(url + "/console/api/setup", headers=admin, timeout=30)
         assert setup.status_code == 200, setup.text
         assert requests.get(url + "/console/api/setup", timeout=30).status_code == 401
+        assert requests.get(url + "/metrics", headers=admin, timeout=30).status_code == 200  # the same token

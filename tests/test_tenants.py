@@ -139,6 +139,23 @@ def test_one_secret_for_two_companies_is_refused(tmp_path: Path, crms: tuple[Crm
     assert "also a token of tenant 'acme'" in str(caught.value)
 
 
+def test_an_admin_token_that_is_a_khoros_token_is_refused(tmp_path: Path, crms: tuple[Crm, Crm]) -> None:
+    environ = {**server_environ(*crms), "MAPPER_ADMIN_TOKENS": f"{ADMIN_TOKEN},{GLOBEX_TOKEN}"}
+    with pytest.raises(ConfigError) as caught:
+        load_server(str(write_server_file(tmp_path)), environ)
+    assert [p.key for p in caught.value.problems] == ["admin_tokens_env"]
+    assert "'MAPPER_ADMIN_TOKENS' is also a Khoros token" in str(caught.value)
+
+
+def test_the_deprecated_console_token_is_read_as_an_admin_token(tmp_path: Path, crms: tuple[Crm, Crm]) -> None:
+    environ = {**server_environ(*crms), "MAPPER_CONSOLE_TOKEN": "an-old-console-token-777"}
+    tenants = load_server(str(write_server_file(tmp_path)), environ)
+    assert tenants.admin is not None
+    assert tenants.admin.allows("Bearer an-old-console-token-777") and tenants.admin.allows(f"Bearer {ADMIN_TOKEN}")
+    for tenant in tenants.tenants.values():
+        tenant.engine.close()
+
+
 # --- routing and isolation ---------------------------------------------------------------------
 
 def test_each_company_reaches_only_its_own_crm_with_its_own_credentials(server: str, crms: tuple[Crm, Crm]) -> None:

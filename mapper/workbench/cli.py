@@ -355,7 +355,8 @@ def reload(pid: int | None, pid_file: str | None, url: str | None, check: tuple[
 
 
 def _readyz(url: str) -> dict[str, Any]:
-    token = os.environ.get("MAPPER_ADMIN_TOKENS", "").split(",")[0].strip()
+    raw = os.environ.get("MAPPER_ADMIN_TOKENS") or os.environ.get("MAPPER_CONSOLE_TOKEN", "")  # the latter deprecated
+    token = raw.split(",")[0].strip()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     with requests.Session() as session:  # a new connection each time: another worker may answer
         answer: dict[str, Any] = session.get(url.rstrip("/") + "/readyz", headers=headers, timeout=10).json()
