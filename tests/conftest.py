@@ -22,6 +22,8 @@ from tests.support.live_server import LiveServer
 from tests.targets.bottlecrm import bottlecrm  # noqa: F401  (fixture)
 from tests.targets.json_server import json_server  # noqa: F401  (fixture)
 
+pytest_plugins = ["tests.support.service_fixtures"]  # crms, restore_logging
+
 KHOROS_TOKEN = "khoros-test-secret-0123456789"
 RECORDINGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "recordings")
 

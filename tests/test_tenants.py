@@ -8,7 +8,6 @@ tenant. Real HTTP on loopback: our app and two small CRMs.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,24 +32,7 @@ from tests.support.tenants import (
     write_server_file,
 )
 
-
-@pytest.fixture(scope="module")
-def crms() -> Iterator[tuple[Crm, Crm]]:
-    acme, globex = Crm("acme").start(), Crm("globex").start()
-    yield acme, globex
-    acme.stop()
-    globex.stop()
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    yield
-    logger = logging.getLogger("mapper")
-    for handler in list(logger.handlers):
-        if getattr(handler, "_mapper_handler", False):
-            logger.removeHandler(handler)
-    logger.propagate = True
-    logger.setLevel(logging.NOTSET)
+pytestmark = pytest.mark.usefixtures("restore_logging")  # create_app configures the mapper log
 
 
 @pytest.fixture
