@@ -75,6 +75,15 @@ def test_every_readme_block_is_marked_and_run_by_a_test() -> None:
     assert asked - names == set(), "tests asking for README blocks that are gone"
 
 
+def test_the_check_finds_an_unmarked_block_and_reads_a_marked_one() -> None:
+    text = ("Intro\n\n<!-- readme-test: one -->\n```sh\necho one\n```\n\n"
+            "Then\n\n```sh\necho two\n```\n\n<!-- readme-test: three -->\n```http\nGET /\n```\n")
+    assert readme.unmarked_fences(text) == [10]
+    found = readme.blocks(text)
+    assert {name: (b.language, b.text, b.line) for name, b in found.items()} == {
+        "one": ("sh", "echo one\n", 4), "three": ("http", "GET /\n", 15)}
+
+
 # --- a brand-new virtualenv: the production install, then the first command --------------
 
 @pytest.fixture(scope="module")

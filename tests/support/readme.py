@@ -37,10 +37,14 @@ class Block:
     line: int  # of the opening fence, for messages
 
 
-def blocks() -> dict[str, Block]:
-    """Every marked block of the README, by name."""
+def _readme() -> str:
     with open(README, encoding="utf-8") as handle:
-        text = handle.read()
+        return handle.read()
+
+
+def blocks(text: str | None = None) -> dict[str, Block]:
+    """Every marked block of the README (or of ``text``), by name."""
+    text = _readme() if text is None else text
     found: dict[str, Block] = {}
     for match in MARKER.finditer(text):
         name = match.group(1)
@@ -50,11 +54,10 @@ def blocks() -> dict[str, Block]:
     return found
 
 
-def unmarked_fences() -> list[int]:
-    """Lines of README fences that open a block without a marker just above them."""
-    with open(README, encoding="utf-8") as handle:
-        text = handle.read()
-    marked = {block.line for block in blocks().values()}
+def unmarked_fences(text: str | None = None) -> list[int]:
+    """Lines of README (or ``text``) fences that open a block without a marker just above them."""
+    text = _readme() if text is None else text
+    marked = {block.line for block in blocks(text).values()}
     return [text.count("\n", 0, m.start()) + 1 for m in FENCE_OPENING.finditer(text)
             if text.count("\n", 0, m.start()) + 1 not in marked]
 
