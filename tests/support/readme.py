@@ -109,9 +109,9 @@ def running(command: str, env: Mapping[str, str], url: str, output: str, cwd: st
         while True:
             assert process.poll() is None, f"{command!r} stopped:\n{server.text()}"
             try:
-                if requests.get(url + "/healthz", timeout=2).status_code == 200:
+                if requests.get(url + "/healthz", timeout=5).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or too busy starting to answer
                 pass
             assert time.monotonic() < deadline, f"{command!r} did not answer in {timeout} s:\n{server.text()}"
             time.sleep(0.2)
