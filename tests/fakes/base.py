@@ -1,11 +1,11 @@
 """What every newer vendor fake shares: recording requests, queued faults, ids.
 
-The Zendesk, Freshdesk, ServiceNow and Dynamics fakes use this one module so
-that each fake file holds only what its vendor documents (routes, envelopes,
-statuses, paging and error bodies). The Salesforce and HubSpot fakes keep
-their own request records: theirs carry what the vendor's API makes of a
-request (the parsed SOQL, a form body) and faults aimed at the token
-endpoint or the API.
+The Zendesk, HubSpot, Freshdesk, ServiceNow and Dynamics fakes use this one
+module so that each fake file holds only what its vendor documents (routes,
+envelopes, statuses, paging and error bodies). The Salesforce fake keeps its
+own request record: it carries what Salesforce makes of a request (the parsed
+SOQL, an OAuth form body), and its faults are aimed at the token endpoint or
+the API.
 
     RecordedRequest   one request as received (raw query string kept)
     Fault             a canned answer for the next request
