@@ -22,6 +22,8 @@ from tests.support.live_server import LiveServer
 from tests.targets.bottlecrm import bottlecrm  # noqa: F401  (fixture)
 from tests.targets.json_server import json_server  # noqa: F401  (fixture)
 
+pytest_plugins = ["tests.support.service_fixtures"]  # crms, restore_logging
+
 KHOROS_TOKEN = "khoros-test-secret-0123456789"
 RECORDINGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "recordings")
 
@@ -30,6 +32,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--record-exchanges", action="store_true", default=False,
                      help="Re-record tests/recordings/<target>/ from the Khoros scenario runs "
                           "(python -m pytest tests/test_khoros_scenario.py --record-exchanges).")
+    parser.addoption("--record-into", metavar="DIR", default=RECORDINGS,
+                     help="Where --record-exchanges writes (default: tests/recordings).")
 
 
 def _current_test() -> str | None:
@@ -38,16 +42,18 @@ def _current_test() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def bridge() -> Iterator[Callable[..., KhorosClient]]:
+def bridge(pytestconfig: pytest.Config) -> Iterator[Callable[..., KhorosClient]]:
     """Start our server for a mapping with a given environment; stopped at session end.
-    ``record=NAME`` records every Khoros call it answers into tests/recordings/NAME/."""
+    ``record=NAME`` records every Khoros call it answers into tests/recordings/NAME/
+    (or ``--record-into``'s folder)."""
     running: list[tuple[LiveServer, Engine]] = []
+    recordings = pytestconfig.getoption("--record-into")
 
     def start(mapping: str, environ: dict[str, str], record: str | None = None) -> KhorosClient:
         engine = Engine.load(mapping, environ)
         if record:
             from mapper.workbench.recording import Recorder
-            Recorder(engine, mapping, environ, os.path.join(RECORDINGS, record), note=_current_test).attach()
+            Recorder(engine, mapping, environ, os.path.join(recordings, record), note=_current_test).attach()
         app = create_app(engine, tokens=[KHOROS_TOKEN, "older-secret-being-rotated"])
         server = LiveServer(app).start()
         running.append((server, engine))

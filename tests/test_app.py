@@ -11,7 +11,6 @@ deadline, and secrets that never reach a log.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import threading
@@ -29,6 +28,8 @@ from mapper.core.engine import Engine
 from mapper.errors import ConfigError
 from mapper.service.app import ARRIVED_KEY, TokenCheck, arrival, create_app, parse_tokens
 from tests.support.live_server import LiveServer, serve
+
+pytestmark = pytest.mark.usefixtures("restore_logging")  # create_app configures the mapper log
 
 PEOPLE_YAML = os.path.join(os.path.dirname(__file__), "mappings", "good", "people.yaml")
 API_KEY = "people-api-key-0042"
@@ -85,18 +86,6 @@ def engine(crm: LiveServer) -> Iterator[Engine]:
     engine = Engine.load(PEOPLE_YAML, {"PEOPLE_CRM_URL": crm.url, "PEOPLE_API_KEY": API_KEY})
     yield engine
     engine.close()
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """create_app sends the 'mapper' loggers to the current stderr; undo that after each test."""
-    yield
-    logger = logging.getLogger("mapper")
-    for handler in list(logger.handlers):
-        if getattr(handler, "_mapper_handler", False):
-            logger.removeHandler(handler)
-    logger.propagate = True
-    logger.setLevel(logging.NOTSET)
 
 
 @dataclass

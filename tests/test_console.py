@@ -46,7 +46,7 @@ def demo_engine(demo_env: dict[str, str]) -> Iterator[Engine]:
 
 @pytest.fixture(scope="module")
 def console_server(demo_engine: Engine) -> Iterator[LiveServer]:
-    server = LiveServer(create_app(demo_engine, tokens=[KHOROS], console_tokens=[ADMIN])).start()
+    server = LiveServer(create_app(demo_engine, tokens=[KHOROS], admin_tokens=[ADMIN], console=True)).start()
     yield server
     server.stop()
 
@@ -61,11 +61,33 @@ def customer(console_server: LiveServer) -> dict[str, str]:
     return answer.body
 
 
-def test_console_is_off_unless_an_admin_token_is_given(demo_engine: Engine) -> None:
-    client = create_app(demo_engine, tokens=[KHOROS], console_tokens=[]).test_client()
+def test_console_is_off_unless_switched_on_even_with_an_admin_token(demo_engine: Engine) -> None:
+    client = create_app(demo_engine, tokens=[KHOROS], environ={"MAPPER_ADMIN_TOKENS": ADMIN}).test_client()
     answer = client.get("/console")
     assert answer.status_code == 404
     assert answer.get_json()["error"]
+    assert client.get("/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200
+
+
+def test_mapper_console_on_opens_it_to_the_one_admin_token(demo_engine: Engine) -> None:
+    client = create_app(demo_engine, tokens=[KHOROS],
+                        environ={"MAPPER_ADMIN_TOKENS": ADMIN, "MAPPER_CONSOLE": "on"}).test_client()
+    assert client.get("/console").status_code == 200
+    for path in ("/console/api/setup", "/metrics"):  # one token for the console and the metrics
+        assert client.get(path, headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200, path
+        assert client.get(path, headers={"Authorization": f"Bearer {ADMIN}x"}).status_code == 401, path
+
+
+def test_the_deprecated_console_token_still_switches_it_on_as_an_admin_token(demo_engine: Engine) -> None:
+    client = create_app(demo_engine, tokens=[KHOROS], environ={"MAPPER_CONSOLE_TOKEN": ADMIN}).test_client()
+    for path in ("/console/api/setup", "/metrics"):
+        assert client.get(path, headers={"Authorization": ADMIN}).status_code == 200, path
+        assert client.get(path).status_code == 401, path
+
+
+def test_the_console_cannot_be_on_without_an_admin_token(demo_engine: Engine) -> None:
+    with pytest.raises(ConfigError, match="no admin token is set"):
+        create_app(demo_engine, tokens=[KHOROS], environ={"MAPPER_CONSOLE": "on"})
 
 
 def test_console_api_needs_the_admin_token_not_a_khoros_token(console_server: LiveServer) -> None:
@@ -78,8 +100,10 @@ def test_console_api_needs_the_admin_token_not_a_khoros_token(console_server: Li
 
 
 def test_the_admin_token_may_not_be_a_khoros_token(demo_engine: Engine) -> None:
-    with pytest.raises(ConfigError, match="must differ"):
-        create_app(demo_engine, tokens=[KHOROS], console_tokens=[KHOROS])
+    with pytest.raises(ConfigError, match=r"MAPPER_ADMIN_TOKENS: an admin token .* is also a Khoros token"):
+        create_app(demo_engine, tokens=[KHOROS], admin_tokens=[KHOROS], console=True)
+    with pytest.raises(ConfigError, match="also a Khoros token"):  # the console off: metrics alone
+        create_app(demo_engine, tokens=[KHOROS], admin_tokens=[KHOROS], console=False)
 
 
 def test_setup_lists_the_tenant_operations_and_the_data_model(console_server: LiveServer) -> None:

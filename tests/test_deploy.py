@@ -24,7 +24,9 @@ import pytest
 import requests
 
 from tests.conftest import Fake
+from tests.support import readme
 from tests.support.live_server import free_port
+from tests.support.readme import localise
 from tests.targets.registry import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.vendor]
@@ -55,22 +57,8 @@ MAPPER_ADMIN_TOKENS={ADMIN_TOKEN}
             "/opt/crm-mapper/bin/": BIN + "/"}
 
 
-def localise(text: str, machine: dict[str, str]) -> str:
-    for original, here in machine.items():
-        text = text.replace(original, here)
-    return text
-
-
-def readme_commands() -> str:
-    readme = Path(ROOT, "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Running in production", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
-    assert len(blocks) == 1
-    return blocks[0]
-
-
 def test_the_readme_production_commands_run_end_to_end(machine: dict[str, str]) -> None:
-    script = localise(readme_commands(), machine)
+    script = localise(readme.block("production"), machine)
     pid_file = Path(machine["/run/crm-mapper"], "gunicorn.pid")
     env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"]}
     for name in ("MAPPER_CONFIG", "MAPPER_MAPPING", "MAPPER_AUTH_TOKENS", "PROMETHEUS_MULTIPROC_DIR"):

@@ -276,7 +276,7 @@ def test_requests_are_recorded_without_printing_the_token(api: Api, state: HubSp
                                                           ) -> None:
     api("POST", "/crm/v3/objects/contacts/search", params={"x": "1,2"}, json={"limit": 1})
     [seen] = state.requests_to("POST", "/crm/v3/objects/contacts/search")
-    assert (seen.raw_query, seen.query, seen.json) == ("x=1%2C2", {"x": ["1,2"]}, {"limit": 1})
+    assert (seen.query_string, seen.query, seen.json) == ("x=1%2C2", {"x": ["1,2"]}, {"limit": 1})
     assert seen.headers["Authorization"] == f"Bearer {TOKEN}"
     assert TOKEN not in repr(seen)
 

@@ -10,7 +10,6 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,24 +22,7 @@ from mapper.service.logs import configure
 from tests.support.live_server import LiveServer
 from tests.support.tenants import ACME_TOKEN, GLOBEX_KEY, GLOBEX_TOKEN, Crm, headers, server_environ, write_server_file
 
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    yield
-    logger = logging.getLogger("mapper")
-    for handler in list(logger.handlers):
-        if getattr(handler, "_mapper_handler", False):
-            logger.removeHandler(handler)
-    logger.propagate = True
-    logger.setLevel(logging.NOTSET)
-
-
-@pytest.fixture(scope="module")
-def crms() -> Iterator[tuple[Crm, Crm]]:
-    acme, globex = Crm("acme").start(), Crm("globex").start()
-    yield acme, globex
-    acme.stop()
-    globex.stop()
+pytestmark = pytest.mark.usefixtures("restore_logging")  # create_app configures the mapper log
 
 
 def json_lines(text: str) -> list[dict]:

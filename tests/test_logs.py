@@ -14,6 +14,7 @@ from urllib.parse import quote
 import pytest
 
 from mapper.service.logs import REDACTED, RedactSecrets, configure
+from tests.support.service_fixtures import reset_mapper_logging
 
 SECRET = "tok-9f8e7d6c5b4a"
 
@@ -22,12 +23,7 @@ SECRET = "tok-9f8e7d6c5b4a"
 def stream() -> Iterator[io.StringIO]:
     buffer = io.StringIO()
     yield buffer
-    logger = logging.getLogger("mapper")
-    for handler in list(logger.handlers):
-        if getattr(handler, "_mapper_handler", False):
-            logger.removeHandler(handler)
-    logger.propagate = True
-    logger.setLevel(logging.NOTSET)
+    reset_mapper_logging()
 
 
 def test_secrets_in_messages_and_arguments_are_redacted(stream):

@@ -13,7 +13,6 @@ Facts and sources: docs/vendors/dynamics-api.md; set-up: docs/mappings/dynamics.
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,11 +25,11 @@ from tests.fakes.dynamics import API, Comparison, DynamicsState, comparisons
 from tests.support.khoros import KhorosClient
 from tests.support.mappings import without_live_cache
 from tests.support.openapi_check import OpenApiCheck
+from tests.support.vendor_mapping import TRACE, checked_state, interaction
 from tests.targets.registry import ROOT
 
 MAPPING = f"{ROOT}/mappings/dynamics.yaml"
 SPEC = OpenApiCheck(f"{ROOT}/tests/specs/dynamics.yaml")
-TRACE = re.compile(r"\(trace ([0-9a-f]{16})\)")
 HOSTILE = "O'B ^ a=b \"q\" \\ ' or 1 eq 1"
 MISSING = "00000000-0000-0000-0000-0000000000aa"
 
@@ -48,14 +47,7 @@ def khoros(bridge: Callable[[str, dict[str, str]], KhorosClient], dynamics_env: 
 def dynamics(dynamics_fake: Fake) -> Iterator[DynamicsState]:
     """The fake's state; afterwards every API request the test caused is held to
     tests/specs/dynamics.yaml, and no fault is left queued."""
-    state: DynamicsState = dynamics_fake.state
-    mark = len(state.requests)
-    yield state
-    assert [p for r in api_requests(state, mark) for p in SPEC.problems(r)] == []
-    leftover = 0
-    while state.take_fault() is not None:
-        leftover += 1
-    assert leftover == 0, f"the test left {leftover} fault(s) queued on the shared fake"
+    yield from checked_state(dynamics_fake.state, SPEC, lambda request: request.path.startswith(API))
 
 
 @pytest.fixture
@@ -68,14 +60,6 @@ def make_customer(khoros: KhorosClient, unique: str, **fields: Any) -> dict[str,
     answer = khoros.create_customer(body)
     assert answer.status == 201, answer.body
     return answer.body
-
-
-def interaction(unique: str, n: int, **extra: Any) -> dict[str, Any]:
-    return {"created": f"2024-03-0{n}T10:1{n}:00Z", "body": f"Post {n} {unique}: my order never came",
-            "linkUrl": f"https://x.com/ann/status/{unique}{n}", "serviceId": f"{unique}{n}",
-            "service": "twitter", "contentType": "post" if n == 1 else "reply",
-            "author": {"service": "twitter", "serviceId": f"7{n}", "handle": "annlee", "name": "Ann Lee",
-                       "brandOwned": False}, **extra}
 
 
 # --------------------------------------------------------------- OAuth
@@ -280,22 +264,6 @@ def test_interactions_are_notes_read_back_oldest_first_with_author_and_link(
     notes = dynamics.notes_of(created.body["id"])
     assert [n["subject"] for n in notes][:3] == [f"khoros:twitter:{i['serviceId']}" for i in (first, second, third)]
     assert notes[0]["notetext"].startswith(first["body"] + "\n\n---\nKhoros twitter post by Ann Lee (@annlee)")
-
-
-def test_a_retried_create_returns_the_same_case_and_adds_only_what_is_missing(
-        khoros: KhorosClient, dynamics: DynamicsState, unique: str) -> None:
-    customer = make_customer(khoros, unique)
-    first, second = interaction(unique, 1), interaction(unique, 2)
-    body = {"customerId": customer["id"], "title": f"Retry {unique}", "interactions": [first]}
-    original = khoros.create_case(body).body
-
-    retried = khoros.create_case({**body, "interactions": [first, second]})
-
-    assert retried.status == 201
-    assert retried.body["id"] == original["id"]
-    assert retried.body["interactions"] == [first, second]
-    assert [i for i in dynamics.records["incidents"].values() if i["title"] == f"Retry {unique}"] == [
-        dynamics.records["incidents"][original["id"]]]
 
 
 def test_customer_cases_follow_odata_nextlink(khoros: KhorosClient, dynamics: DynamicsState, unique: str) -> None:

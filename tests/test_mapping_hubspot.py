@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.hubspot import HubSpotState, Issue, RecordedRequest, validation_error
+from tests.fakes.base import RecordedRequest
+from tests.fakes.hubspot import HubSpotState, Issue, validation_error
 from tests.fakes.hubspot import create_app as create_fake_app
 from tests.support.khoros import Answer, KhorosClient
 from tests.support.live_server import LiveServer
@@ -48,7 +49,7 @@ def state(hubspot_fake) -> Iterator[HubSpotState]:
     """The shared fake's account; fails the test if it leaves a fault armed or the fake slowed."""
     yield hubspot_fake.state
     leftover = 0
-    while hubspot_fake.state.take_failure() is not None:
+    while hubspot_fake.state.take_fault() is not None:
         leftover += 1
     slow = hubspot_fake.state.slow_seconds
     hubspot_fake.state.slow_seconds = 0.0

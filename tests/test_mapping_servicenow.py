@@ -13,7 +13,6 @@ docs/vendors/servicenow-api.md; set-up: docs/mappings/servicenow.md.
 from __future__ import annotations
 
 import base64
-import re
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,15 +21,15 @@ from typing import Any
 import pytest
 
 from tests.conftest import Fake
-from tests.fakes.servicenow import CASE_TABLE, CONTACT_TABLE, Condition, ServiceNowState
+from tests.fakes.servicenow import CASE_TABLE, Condition, ServiceNowState
 from tests.support.khoros import KhorosClient
 from tests.support.mappings import without_live_cache
 from tests.support.openapi_check import OpenApiCheck
+from tests.support.vendor_mapping import TRACE, checked_state, interaction, since
 from tests.targets.registry import ROOT
 
 MAPPING = f"{ROOT}/mappings/servicenow.yaml"
 SPEC = OpenApiCheck(f"{ROOT}/tests/specs/servicenow.yaml")
-TRACE = re.compile(r"\(trace ([0-9a-f]{16})\)")
 HOSTILE = "O'B ^NQactive=false ^ORx=1 a=b \"q\" \\"  # within last_name's 50 characters
 
 
@@ -43,14 +42,7 @@ def khoros(bridge: Callable[[str, dict[str, str]], KhorosClient], servicenow_env
 def servicenow(servicenow_fake: Fake) -> Iterator[ServiceNowState]:
     """The fake's state; afterwards every request the test caused is held to
     tests/specs/servicenow.yaml, and no fault is left queued."""
-    state: ServiceNowState = servicenow_fake.state
-    mark = len(state.requests)
-    yield state
-    assert [p for r in state.requests[mark:] for p in SPEC.problems(r)] == []
-    leftover = 0
-    while state.take_fault() is not None:
-        leftover += 1
-    assert leftover == 0, f"the test left {leftover} fault(s) queued on the shared fake"
+    yield from checked_state(servicenow_fake.state, SPEC)
 
 
 @pytest.fixture
@@ -63,18 +55,6 @@ def make_customer(khoros: KhorosClient, unique: str, **fields: Any) -> dict[str,
     answer = khoros.create_customer(body)
     assert answer.status == 201, answer.body
     return answer.body
-
-
-def interaction(unique: str, n: int, **extra: Any) -> dict[str, Any]:
-    return {"created": f"2024-03-0{n}T10:1{n}:00Z", "body": f"Post {n} {unique}: my order never came",
-            "linkUrl": f"https://x.com/ann/status/{unique}{n}", "serviceId": f"{unique}{n}",
-            "service": "twitter", "contentType": "post" if n == 1 else "reply",
-            "author": {"service": "twitter", "serviceId": f"7{n}", "handle": "annlee", "name": "Ann Lee",
-                       "brandOwned": False}, **extra}
-
-
-def since(state: ServiceNowState, mark: int) -> list[Any]:
-    return state.requests[mark:]
 
 
 # --------------------------------------------------------------- credentials
@@ -250,22 +230,6 @@ def test_comments_and_other_notes_are_not_interactions_and_repeats_are_not_added
     assert "Hi Ann, we are on it" in values and "Called her" in values
 
 
-def test_a_retried_create_returns_the_same_case_and_adds_only_what_is_missing(
-        khoros: KhorosClient, servicenow: ServiceNowState, unique: str) -> None:
-    customer = make_customer(khoros, unique)
-    first, second = interaction(unique, 1), interaction(unique, 2)
-    body = {"customerId": customer["id"], "title": f"Retry {unique}", "interactions": [first]}
-    original = khoros.create_case(body).body
-
-    retried = khoros.create_case({**body, "interactions": [first, second]})
-
-    assert retried.status == 201
-    assert retried.body["id"] == original["id"]
-    assert retried.body["interactions"] == [first, second]
-    same_title = [r for r in servicenow.tables[CASE_TABLE].values() if r["short_description"] == f"Retry {unique}"]
-    assert [r["sys_id"] for r in same_title] == [original["id"]]
-
-
 def test_a_resolved_case_is_not_reused(khoros: KhorosClient, unique: str) -> None:
     customer = make_customer(khoros, unique)
     body = {"customerId": customer["id"], "title": f"Again {unique}", "interactions": [interaction(unique, 1)]}
@@ -294,22 +258,6 @@ def test_customer_cases_page_by_offset_until_x_total_count(khoros: KhorosClient,
 
 
 # --------------------------------------------------------------- the instance failing
-
-
-@pytest.mark.parametrize("call", ["get_customer", "customer_cases", "update_customer", "get_case", "update_case"])
-def test_unknown_records_are_404_with_a_trace_id(khoros: KhorosClient, call: str) -> None:
-    missing = "0123456789abcdef0123456789abcdef"
-    calls = {"get_customer": lambda: khoros.get_customer(missing),
-             "customer_cases": lambda: khoros.customer_cases(missing),
-             "update_customer": lambda: khoros.update_customer(missing, {"jobTitle": "x"}),
-             "get_case": lambda: khoros.get_case(missing),
-             "update_case": lambda: khoros.update_case(missing, {"priority": "1"})}
-
-    answer = calls[call]()
-
-    assert answer.status == 404
-    assert answer.body["error"] == "not_found"
-    assert missing in answer.body["message"]
 
 
 def test_a_data_policy_refusal_is_a_422_with_khoros_field_names(khoros: KhorosClient, servicenow: ServiceNowState,
@@ -350,28 +298,6 @@ def test_an_acl_refusal_is_a_clear_500(khoros: KhorosClient, servicenow: Service
     assert answer.status == 500
     assert answer.body["error"] == "crm_forbidden"
     assert "ACL Exception" in answer.body["message"]
-
-
-def test_a_short_429_is_waited_out_within_the_budget(khoros: KhorosClient, servicenow: ServiceNowState,
-                                                    unique: str) -> None:
-    customer = make_customer(khoros, unique)
-    servicenow.rate_limit_next(retry_after=1)
-    mark = len(servicenow.requests)
-
-    answer = khoros.get_customer(customer["id"])
-
-    assert answer.status == 200
-    assert [r.path for r in since(servicenow, mark)] == [f"/api/now/table/{CONTACT_TABLE}/{customer['id']}"] * 2
-
-
-def test_a_429_longer_than_the_budget_is_a_clear_500(khoros: KhorosClient, servicenow: ServiceNowState) -> None:
-    servicenow.rate_limit_next(retry_after=3600)
-
-    answer = khoros.get_case("0123456789abcdef0123456789abcdef")
-
-    assert answer.status == 500
-    assert answer.body["error"] == "crm_rate_limited"
-    assert "3600 seconds" in answer.body["message"]
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])

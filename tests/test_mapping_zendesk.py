@@ -14,7 +14,6 @@ records (uuid) and the ``faults`` fixture leaves no fault knob armed.
 from __future__ import annotations
 
 import base64
-import re
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,10 +27,10 @@ from tests.fakes.zendesk import SearchTerm, ZendeskState, create_app
 from tests.support.khoros import KhorosClient
 from tests.support.live_server import LiveServer
 from tests.support.mappings import without_live_cache
+from tests.support.vendor_mapping import TRACE, checked_state, interaction, since
 from tests.targets.registry import ROOT
 
 MAPPING = f"{ROOT}/mappings/zendesk.yaml"
-TRACE = re.compile(r"\(trace ([0-9a-f]{16})\)")
 TAG = "\nkhoros-interaction: "
 
 
@@ -44,12 +43,10 @@ def khoros(bridge: Callable[[str, dict[str, str]], KhorosClient], zendesk_env: d
 def zendesk(zendesk_fake: Fake) -> Iterator[ZendeskState]:
     """The fake's state; afterwards no fault is left queued and no delay is left set."""
     state: ZendeskState = zendesk_fake.state
-    yield state
-    leftover = 0
-    while state.take_fault() is not None:
-        leftover += 1
-    state.slow_seconds = 0.0
-    assert leftover == 0, f"the test left {leftover} fault(s) queued on the shared fake"
+    try:
+        yield from checked_state(state)
+    finally:
+        state.slow_seconds = 0.0
 
 
 @pytest.fixture
@@ -64,21 +61,8 @@ def make_customer(khoros: KhorosClient, unique: str, **fields: Any) -> dict[str,
     return answer.body
 
 
-def interaction(unique: str, n: int, **extra: Any) -> dict[str, Any]:
-    return {"created": f"2024-03-0{n}T10:1{n}:00Z", "body": f"Post {n} {unique}: my order never came",
-            "linkUrl": f"https://x.com/ann/status/{unique}{n}", "serviceId": f"{unique}{n}",
-            "service": "twitter", "contentType": "post" if n == 1 else "reply",
-            "author": {"service": "twitter", "serviceId": f"7{n}", "handle": "annlee", "name": "Ann Lee",
-                       "brandOwned": False}, **extra}
-
-
 def by_service_id(interactions: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {item["serviceId"]: item for item in interactions}
-
-
-def since(state: ZendeskState, mark: int) -> list[Any]:
-    """The requests the fake received after ``mark`` (a length of ``state.requests``)."""
-    return state.requests[mark:]
 
 
 # --------------------------------------------------------------- credentials
@@ -281,22 +265,6 @@ def test_interactions_added_by_update_are_read_back_and_agent_replies_are_not(
     assert khoros.get_case(case["id"]).body["interactions"] == [first, later]
 
 
-def test_a_retried_create_returns_the_same_ticket_and_adds_only_what_is_missing(
-        khoros: KhorosClient, zendesk: ZendeskState, unique: str) -> None:
-    customer = make_customer(khoros, unique)
-    first, second = interaction(unique, 1), interaction(unique, 2)
-    body = {"customerId": customer["id"], "title": f"Retry {unique}", "interactions": [first]}
-    original = khoros.create_case(body).body
-
-    retried = khoros.create_case({**body, "interactions": [first, second]})
-
-    assert retried.status == 201
-    assert retried.body["id"] == original["id"]
-    assert retried.body["interactions"] == [first, second]
-    assert [t for t in zendesk.tickets.values() if t["subject"] == f"Retry {unique}"] == [
-        zendesk.tickets[int(original["id"])]]
-
-
 def test_a_solved_ticket_is_not_reused_for_a_new_case(khoros: KhorosClient, zendesk: ZendeskState,
                                                      unique: str) -> None:
     customer = make_customer(khoros, unique)
@@ -358,23 +326,6 @@ def test_the_description_cannot_change_after_creation(khoros: KhorosClient, zend
 # --------------------------------------------------------------- Zendesk failing
 
 
-@pytest.mark.parametrize("call", ["get_customer", "customer_cases", "update_customer", "get_case",
-                                  "update_case"])
-def test_unknown_records_are_404_with_a_trace_id(khoros: KhorosClient, call: str) -> None:
-    calls = {"get_customer": lambda: khoros.get_customer("98765432"),
-             "customer_cases": lambda: khoros.customer_cases("98765432"),
-             "update_customer": lambda: khoros.update_customer("98765432", {"notes": "x"}),
-             "get_case": lambda: khoros.get_case("98765432"),
-             "update_case": lambda: khoros.update_case("98765432", {"priority": "low"})}
-
-    answer = calls[call]()
-
-    assert answer.status == 404
-    assert answer.body["error"] == "not_found"
-    assert "98765432" in answer.body["message"]
-    assert TRACE.search(answer.body["message"])
-
-
 def test_a_duplicate_email_is_a_422_naming_email(khoros: KhorosClient, unique: str) -> None:
     customer = make_customer(khoros, unique)
 
@@ -421,32 +372,6 @@ def test_a_422_without_details_still_says_why(khoros: KhorosClient, zendesk: Zen
     assert answer.status == 422
     assert answer.body["fields"] == []
     assert "Too many comments on this ticket" in answer.body["message"]
-
-
-def test_a_short_429_is_waited_out_within_the_budget(khoros: KhorosClient, zendesk: ZendeskState,
-                                                    unique: str) -> None:
-    customer = make_customer(khoros, unique)
-    zendesk.rate_limit_next(retry_after=1)
-    mark = len(zendesk.requests)
-
-    answer = khoros.get_customer(customer["id"])
-
-    assert answer.status == 200
-    assert answer.body["id"] == customer["id"]
-    assert [r.path for r in since(zendesk, mark)] == [f"/api/v2/users/{customer['id']}.json"] * 2
-
-
-def test_a_429_longer_than_the_budget_is_a_clear_500(khoros: KhorosClient, zendesk: ZendeskState) -> None:
-    zendesk.rate_limit_next(retry_after=30)
-    mark = len(zendesk.requests)
-
-    answer = khoros.get_case("10001")
-
-    assert answer.status == 500
-    assert answer.body["error"] == "crm_rate_limited"
-    assert "30 seconds" in answer.body["message"]
-    assert TRACE.search(answer.body["message"])
-    assert len(since(zendesk, mark)) == 1  # not retried: the wait would not fit
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])

@@ -5,7 +5,6 @@ in ``/readyz`` and ``/metrics``. (The same under gunicorn: ``test_service_gunico
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import threading
@@ -29,26 +28,9 @@ from tests.support.tenants import (
     write_server_file,
 )
 
+pytestmark = pytest.mark.usefixtures("restore_logging")  # create_app configures the mapper log
+
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-@pytest.fixture(scope="module")
-def crms() -> Iterator[tuple[Crm, Crm]]:
-    acme, globex = Crm("acme").start(), Crm("globex").start()
-    yield acme, globex
-    acme.stop()
-    globex.stop()
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    yield
-    logger = logging.getLogger("mapper")
-    for handler in list(logger.handlers):
-        if getattr(handler, "_mapper_handler", False):
-            logger.removeHandler(handler)
-    logger.propagate = True
-    logger.setLevel(logging.NOTSET)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ tenant. Real HTTP on loopback: our app and two small CRMs.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,24 +32,7 @@ from tests.support.tenants import (
     write_server_file,
 )
 
-
-@pytest.fixture(scope="module")
-def crms() -> Iterator[tuple[Crm, Crm]]:
-    acme, globex = Crm("acme").start(), Crm("globex").start()
-    yield acme, globex
-    acme.stop()
-    globex.stop()
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    yield
-    logger = logging.getLogger("mapper")
-    for handler in list(logger.handlers):
-        if getattr(handler, "_mapper_handler", False):
-            logger.removeHandler(handler)
-    logger.propagate = True
-    logger.setLevel(logging.NOTSET)
+pytestmark = pytest.mark.usefixtures("restore_logging")  # create_app configures the mapper log
 
 
 @pytest.fixture
@@ -137,6 +119,23 @@ def test_one_secret_for_two_companies_is_refused(tmp_path: Path, crms: tuple[Crm
     with pytest.raises(ConfigError) as caught:
         load_server(str(write_server_file(tmp_path)), environ)
     assert "also a token of tenant 'acme'" in str(caught.value)
+
+
+def test_an_admin_token_that_is_a_khoros_token_is_refused(tmp_path: Path, crms: tuple[Crm, Crm]) -> None:
+    environ = {**server_environ(*crms), "MAPPER_ADMIN_TOKENS": f"{ADMIN_TOKEN},{GLOBEX_TOKEN}"}
+    with pytest.raises(ConfigError) as caught:
+        load_server(str(write_server_file(tmp_path)), environ)
+    assert [p.key for p in caught.value.problems] == ["admin_tokens_env"]
+    assert "'MAPPER_ADMIN_TOKENS' is also a Khoros token" in str(caught.value)
+
+
+def test_the_deprecated_console_token_is_read_as_an_admin_token(tmp_path: Path, crms: tuple[Crm, Crm]) -> None:
+    environ = {**server_environ(*crms), "MAPPER_CONSOLE_TOKEN": "an-old-console-token-777"}
+    tenants = load_server(str(write_server_file(tmp_path)), environ)
+    assert tenants.admin is not None
+    assert tenants.admin.allows("Bearer an-old-console-token-777") and tenants.admin.allows(f"Bearer {ADMIN_TOKEN}")
+    for tenant in tenants.tenants.values():
+        tenant.engine.close()
 
 
 # --- routing and isolation ---------------------------------------------------------------------

@@ -27,7 +27,14 @@ from . import health, metrics
 from .console import console_blueprint
 from .logs import configure
 from .reload import Runtime
-from .tenants import TenantSet, from_environment, last_good, save_last_good
+from .tenants import (
+    DEFAULT_ADMIN_ENV,
+    DEPRECATED_CONSOLE_ENV,
+    TenantSet,
+    from_environment,
+    last_good,
+    save_last_good,
+)
 
 log = logging.getLogger("mapper.app")
 
@@ -87,8 +94,8 @@ def _json(payload: Any, status: int) -> Response:
 
 def create_app(engine: Engine | None = None, *, mapping_path: str | None = None,
                tokens: list[str] | None = None, config_path: str | None = None,
-               environ: dict[str, str] | None = None, console_tokens: list[str] | None = None,
-               pool_size: int | None = None) -> Flask:
+               environ: dict[str, str] | None = None, admin_tokens: list[str] | None = None,
+               console: bool | None = None, pool_size: int | None = None) -> Flask:
     """Build the Khoros-facing app.
 
     What it serves (see :func:`mapper.service.tenants.from_environment`): a ready
@@ -98,10 +105,17 @@ def create_app(engine: Engine | None = None, *, mapping_path: str | None = None,
     Everything is loaded here; :class:`~mapper.service.reload.Runtime` (in
     ``app.config["RUNTIME"]``) reloads it. ``pool_size`` (default from the
     environment, see :func:`pool_size_from_environ`) sizes each CRM connection pool.
-    The console (``/console``) is on only when admin tokens are given, by
-    ``console_tokens`` or ``$MAPPER_CONSOLE_TOKEN``.
+    ``admin_tokens`` stands for ``$MAPPER_ADMIN_TOKENS``, the one admin token: it opens
+    ``/metrics``, the detailed ``/readyz`` and the console's calls. The console
+    (``/console``) is on only when asked, by ``console`` or ``$MAPPER_CONSOLE=on`` (or the
+    deprecated ``$MAPPER_CONSOLE_TOKEN``): it can write to every CRM.
     """
     env = os.environ if environ is None else environ
+    if admin_tokens is not None:
+        env = {**env, DEFAULT_ADMIN_ENV: ",".join(admin_tokens)}
+    if console is None:
+        console = env.get("MAPPER_CONSOLE", "").strip().lower() in ("on", "1", "true", "yes") or bool(
+            parse_tokens(env.get(DEPRECATED_CONSOLE_ENV)))
     if pool_size is None:  # connections to each CRM: one per thread that may call it
         pool_size = pool_size_from_environ() if engine is None else DEFAULT_POOL_SIZE
     broken: ConfigError | None = None
@@ -205,16 +219,18 @@ def create_app(engine: Engine | None = None, *, mapping_path: str | None = None,
     def meta(kind: str) -> Response:
         return _json(g.tenant.engine.meta(kind, g.trace_id, arrived=g.arrived), 200)
 
-    admin = parse_tokens(env.get("MAPPER_CONSOLE_TOKEN")) if console_tokens is None else console_tokens
-    if admin:
-        khoros = {token for tenant in tenants.tenants.values() for token in tenant.check.tokens}
-        if set(admin) & khoros:
-            raise ConfigError([Problem("environment", 0, "MAPPER_CONSOLE_TOKEN",
-                                       "the console's admin token must differ from every Khoros token: "
-                                       "the console can write to the CRM")])
+    if console:
+        if tenants.admin is None:
+            raise ConfigError([Problem("environment", 0, DEFAULT_ADMIN_ENV,
+                                       "the console is on (MAPPER_CONSOLE) but no admin token is set; set "
+                                       "MAPPER_ADMIN_TOKENS (or the server file's admin_tokens_env)")])
+
+        def admin_allows(header: str | None) -> bool:  # the admin tokens of the generation in use
+            check = runtime.current.admin
+            return check is not None and check.allows(header)
+
         app.register_blueprint(console_blueprint(
-            lambda: {name: tenant.engine for name, tenant in runtime.current.tenants.items()},
-            TokenCheck(admin).allows))
+            lambda: {name: tenant.engine for name, tenant in runtime.current.tenants.items()}, admin_allows))
 
     for op in OPERATIONS:
         app.add_url_rule(API_PREFIX + op.rule, endpoint=op.name, view_func=_view(op), methods=[op.method])

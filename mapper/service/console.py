@@ -1,8 +1,10 @@
 """The console: a page where an administrator tries one Khoros operation by hand.
 
-Off by default. It is switched on by giving the server an admin token
-(``MAPPER_CONSOLE_TOKEN``, several comma-separated while rotating), which is
-never one of the Khoros tokens: the console can write to every tenant's CRM.
+Off by default: it is switched on with ``MAPPER_CONSOLE=on`` and opened with
+the one admin token (``MAPPER_ADMIN_TOKENS``, several comma-separated while
+rotating; the deprecated ``MAPPER_CONSOLE_TOKEN`` still works and switches it
+on), which is never one of the Khoros tokens: the console can write to every
+tenant's CRM.
 
 The page itself (``console.html``) holds no data and no secret, so it is served
 to anyone who can reach ``/console`` while the console is on; everything it
@@ -54,7 +56,7 @@ def console_blueprint(engines: Callable[[], Mapping[str, Engine]],
     @console.before_request
     def require_admin() -> None:
         if request.path.startswith("/console/api/") and not admin_allows(request.headers.get("Authorization")):
-            raise Unauthorized("The console needs the admin token (MAPPER_CONSOLE_TOKEN) in Authorization.")
+            raise Unauthorized("The console needs the admin token (MAPPER_ADMIN_TOKENS) in Authorization.")
 
     @console.get("/console")
     def show_page() -> Response:

@@ -53,6 +53,8 @@ with open(SCHEMA_PATH, encoding="utf-8") as _handle:
 _VALIDATOR = jsonschema.Draft202012Validator(SERVER_SCHEMA)
 
 DEFAULT_ADMIN_ENV = "MAPPER_ADMIN_TOKENS"
+# The console's own token from before there was one admin token: still read, as more admin tokens.
+DEPRECATED_CONSOLE_ENV = "MAPPER_CONSOLE_TOKEN"
 SINGLE_TENANT = "default"
 
 
@@ -325,7 +327,9 @@ def load_server(path: str, environ: Mapping[str, str] | None = None,
                                         spec.initiatives, spec.mapping)
         else:
             engine.close()
-    admin = _tokens(environ.get(server.admin_tokens_env))
+    admin = admin_tokens(environ, server.admin_tokens_env)
+    if set(admin) & set(all_tokens):
+        problems.append(doc.problem(("admin_tokens_env",), _ADMIN_IS_KHOROS.format(server.admin_tokens_env)))
     if problems:
         for tenant in tenants.values():
             tenant.engine.close()
@@ -333,6 +337,21 @@ def load_server(path: str, environ: Mapping[str, str] | None = None,
     default = tenants[server.default] if server.default else None
     return TenantSet(tenants, default, _token_check(admin) if admin else None, path, files=list(read),
                      texts=read, khoros_tokens=all_tokens + admin)
+
+
+_ADMIN_IS_KHOROS = ("an admin token in '{}' is also a Khoros token; the admin token reads metrics and, with "
+                    "the console on, writes to every CRM: give it a secret of its own")
+
+
+def admin_tokens(environ: Mapping[str, str], variable: str) -> list[str]:
+    """The operator's tokens (/metrics, the detailed /readyz, the console): ``variable``'s,
+    plus those of the deprecated ``MAPPER_CONSOLE_TOKEN``, which still works."""
+    tokens = _tokens(environ.get(variable))
+    old = _tokens(environ.get(DEPRECATED_CONSOLE_ENV))
+    if old:
+        log.warning("%s is deprecated: put its token in %s, the one admin token (it also opens /metrics), "
+                    "and switch the console on with MAPPER_CONSOLE=on.", DEPRECATED_CONSOLE_ENV, variable)
+    return list(dict.fromkeys(tokens + old))
 
 
 def _prefixed(problem: Problem, spec: TenantSpec) -> Problem:
@@ -349,7 +368,9 @@ def single_tenant(engine: Engine, tokens: list[str], environ: Mapping[str, str] 
     """The single-mapping command line as a configuration: one default tenant."""
     environ = os.environ if environ is None else environ
     tenant = Tenant(SINGLE_TENANT, engine, _token_check(tokens), mapping_file=engine.mapping.file)
-    admin = _tokens(environ.get(DEFAULT_ADMIN_ENV))
+    admin = admin_tokens(environ, DEFAULT_ADMIN_ENV)
+    if set(admin) & set(tokens):
+        raise ConfigError([Problem("environment", 0, DEFAULT_ADMIN_ENV, _ADMIN_IS_KHOROS.format(DEFAULT_ADMIN_ENV))])
     return TenantSet({SINGLE_TENANT: tenant}, tenant, _token_check(admin) if admin else None,
                      engine.mapping.file, files=[engine.mapping.file],
                      texts={engine.mapping.file: text} if text is not None else {},

@@ -247,8 +247,9 @@ def init(specs: tuple[str, ...], customer: str | None, case_: str | None, note: 
               help="Server file listing tenants (default $MAPPER_CONFIG).")
 @click.option("--mapping", "mapping_path", type=click.Path(exists=True, dir_okay=False),
               help="Mapping file to serve. Without it or --config: the bundled demo and its mapping.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
-@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="MAPPER_HOST", show_envvar=True,
+              help="Address to listen on (0.0.0.0: all).")
+@click.option("--port", default=8080, show_default=True, type=int, envvar="MAPPER_PORT", show_envvar=True)
 @click.option("--workers", type=click.IntRange(min=1), envvar="MAPPER_WORKERS", show_envvar=True,
               help="Processes (default 2: one per core of a small machine).")
 @click.option("--threads", type=click.IntRange(min=1), envvar="MAPPER_THREADS", show_envvar=True,
@@ -354,7 +355,8 @@ def reload(pid: int | None, pid_file: str | None, url: str | None, check: tuple[
 
 
 def _readyz(url: str) -> dict[str, Any]:
-    token = os.environ.get("MAPPER_ADMIN_TOKENS", "").split(",")[0].strip()
+    raw = os.environ.get("MAPPER_ADMIN_TOKENS") or os.environ.get("MAPPER_CONSOLE_TOKEN", "")  # the latter deprecated
+    token = raw.split(",")[0].strip()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     with requests.Session() as session:  # a new connection each time: another worker may answer
         answer: dict[str, Any] = session.get(url.rstrip("/") + "/readyz", headers=headers, timeout=10).json()

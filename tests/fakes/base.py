@@ -1,9 +1,11 @@
 """What every newer vendor fake shares: recording requests, queued faults, ids.
 
-The Zendesk, Salesforce and HubSpot fakes grew their own copies of this; the
-Freshdesk, ServiceNow and Dynamics fakes use this one module so that each
-fake file holds only what its vendor documents (routes, envelopes, statuses,
-paging and error bodies).
+The Zendesk, HubSpot, Freshdesk, ServiceNow and Dynamics fakes use this one
+module so that each fake file holds only what its vendor documents (routes,
+envelopes, statuses, paging and error bodies). The Salesforce fake keeps its
+own request record: it carries what Salesforce makes of a request (the parsed
+SOQL, an OAuth form body), and its faults are aimed at the token endpoint or
+the API.
 
     RecordedRequest   one request as received (raw query string kept)
     Fault             a canned answer for the next request

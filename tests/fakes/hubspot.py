@@ -38,10 +38,8 @@ from __future__ import annotations
 import hmac
 import json
 import re
-import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,6 +47,8 @@ from typing import Any
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
+
+from tests.fakes.base import FakeState, record_request
 
 JSON = dict[str, Any]
 
@@ -269,32 +269,7 @@ class Record:
     archived: bool = False
 
 
-@dataclass
-class Failure:
-    status: int
-    body: JSON | str | None
-    headers: dict[str, str]
-
-
-@dataclass
-class RecordedRequest:
-    """What reached the fake, so that tests can assert on the outgoing HTTP call."""
-
-    method: str
-    path: str
-    raw_query: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-    json: Any  # parsed body; the raw text when it is not JSON; None when empty
-
-    def __repr__(self) -> str:  # never print the bearer token, even in a failing assert
-        shown = {k: ("<redacted>" if k.lower() == "authorization" else v)
-                 for k, v in self.headers.items()}
-        return (f"RecordedRequest({self.method} {self.path}?{self.raw_query} "
-                f"headers={shown} json={self.json!r})")
-
-
-class HubSpotState:
+class HubSpotState(FakeState):
     """One HubSpot account: records, associations, seeded metadata, request log and knobs.
 
     Thread-safe: the loopback server is threaded, so every read or write of the
@@ -303,14 +278,11 @@ class HubSpotState:
 
     def __init__(self, token: str = DEFAULT_TOKEN, *, first_id: int = 1001,
                  clock: Callable[[], datetime] | None = None) -> None:
+        super().__init__(first_id)
         self.token = token
-        self.lock = threading.RLock()
         self.records: dict[str, dict[str, Record]] = {t: {} for t in SCHEMAS}
         self.associations: set[tuple[str, str, str, str]] = set()  # stored both ways
-        self.requests: list[RecordedRequest] = []
         self.slow_seconds = 0.0
-        self._failures: deque[Failure] = deque()
-        self._next_id = first_id
         self._clock = clock or (lambda: datetime.now(UTC))
         seeded = self.now()
         self.pipelines: dict[str, list[JSON]] = {"tickets": [_pipeline_json(seeded)]}
@@ -323,19 +295,10 @@ class HubSpotState:
         """Answer the next ``times`` requests with ``status``; a str body is sent raw (HTML)."""
         if body is None:
             body = rate_limit_body() if status == 429 else error_body("internal error")
-        with self.lock:
-            self._failures.extend(Failure(status, body, dict(headers or {})) for _ in range(times))
-
-    def take_failure(self) -> Failure | None:
-        with self.lock:
-            return self._failures.popleft() if self._failures else None
-
-    def requests_to(self, method: str, path: str) -> list[RecordedRequest]:
-        with self.lock:
-            return [r for r in self.requests if r.method == method and r.path == path]
+        super().fail_next(status, body, headers, times=times)
 
     # -- records ----------------------------------------------------------------
-    def now(self) -> str:
+    def now(self) -> str:  # the account's clock (a test may set it), in HubSpot's format
         return iso_ms(self._clock())
 
     def create(self, object_type: str, properties: JSON,
@@ -344,8 +307,7 @@ class HubSpotState:
         with self.lock:
             values = self._validate(object_type, properties, None)
             links = [self._resolve_inline(object_type, a) for a in associations]
-            record_id = str(self._next_id)
-            self._next_id += 1
+            record_id = str(self.next_id())
             stamp = self.now()
             schema = SCHEMAS[object_type]
             values |= {"hs_object_id": record_id, schema.created: stamp, schema.modified: stamp}
@@ -744,18 +706,10 @@ def create_app(state: HubSpotState | None = None) -> Flask:
 
     @app.before_request
     def record_then_gate() -> Response | None:
-        text = request.get_data(as_text=True)
-        try:
-            parsed = json.loads(text) if text else None
-        except ValueError:
-            parsed = text
-        with state.lock:
-            state.requests.append(RecordedRequest(
-                request.method, request.path, request.query_string.decode(),
-                request.args.to_dict(flat=False), dict(request.headers), parsed))
+        record_request(state)
         if state.slow_seconds:
             time.sleep(state.slow_seconds)
-        failure = state.take_failure()
+        failure = state.take_fault()
         if failure is not None:
             return reply(failure.body, failure.status, failure.headers)
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")

@@ -24,18 +24,17 @@ from __future__ import annotations
 
 import hmac
 import html
-import itertools
 import re
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NoReturn
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 from flask import Flask, Response, current_app, has_request_context, jsonify, request
+
+from tests.fakes.base import ApiError, FakeState, RecordedRequest, record_request, render
 
 TICKET_STATUSES = ("new", "open", "pending", "hold", "solved", "closed")
 TICKET_PRIORITIES = ("low", "normal", "high", "urgent")
@@ -64,39 +63,6 @@ _WRITABLE_TICKET_KEYS = frozenset({
 
 
 @dataclass(frozen=True)
-class RecordedRequest:
-    """One request exactly as the fake received it, kept for assertions.
-
-    ``query_string`` is the raw, still percent-encoded string so a test can
-    prove what went over the wire; ``query`` is the decoded form with repeated
-    keys kept. Headers and body stay out of ``repr`` because the headers carry
-    the Authorization credential.
-    """
-
-    method: str
-    path: str
-    query_string: str
-    query: dict[str, list[str]]
-    headers: dict[str, str] = field(repr=False)
-    body: bytes = field(repr=False)
-    json: Any = field(repr=False)
-
-    def header(self, name: str) -> str | None:
-        """Look a header up case-insensitively, as HTTP requires."""
-        wanted = name.lower()
-        return next((v for k, v in self.headers.items() if k.lower() == wanted), None)
-
-
-@dataclass(frozen=True)
-class Fault:
-    """A canned answer for the next request: JSON (dict/list), text, or empty."""
-
-    status: int
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class SearchTerm:
     """One term of a search query: ``field:value``, or free text if no field."""
 
@@ -114,12 +80,13 @@ class SearchLog:
     terms: tuple[SearchTerm, ...]
 
 
-class ZendeskState:
+class ZendeskState(FakeState):
     """The fake account. Mutate it directly to seed data; read it to assert.
 
     Knobs: ``fail_next`` / ``rate_limit_next`` queue faults, ``slow_seconds``
     delays every answer, ``api_tokens`` may hold several tokens because
-    Zendesk allows more than one active token (rotation).
+    Zendesk allows more than one active token (rotation). Ids come from one
+    sequence, so they never collide by type.
     """
 
     def __init__(
@@ -129,12 +96,11 @@ class ZendeskState:
         api_token: str = DEFAULT_API_TOKEN,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
+        super().__init__(first_id=10001)
         self.agent_email = agent_email
         self.api_tokens: list[str] = [api_token]
         self.clock = clock or (lambda: datetime.now(UTC))
-        self.lock = threading.RLock()
         self.slow_seconds = 0.0
-        self.requests: list[RecordedRequest] = []
         self.searches: list[SearchLog] = []
         self.users: dict[int, dict[str, Any]] = {}
         self.tickets: dict[int, dict[str, Any]] = {}
@@ -143,8 +109,6 @@ class ZendeskState:
         # Zendesk keeps the primary email on update and adds a secondary one.
         self.secondary_emails: dict[int, list[str]] = {}
         self._comment_public: dict[int, bool] = {}
-        self._faults: deque[Fault] = deque()
-        self._ids = itertools.count(10001)  # one sequence: ids never collide by type
         self.ticket_fields = _seed_ticket_fields(self)
         self.user_fields = _seed_user_fields(self)
         self.agent = self.add_user(name="Fake Agent", email=agent_email, role="admin")
@@ -160,28 +124,13 @@ class ZendeskState:
         """The Basic-auth user name Zendesk expects for API tokens."""
         return f"{self.agent_email}/token"
 
-    def fail_next(self, status: int, body: Any = None,
-                  headers: dict[str, str] | None = None, *, times: int = 1) -> None:
-        """Answer the next ``times`` requests with this status, body, headers."""
-        with self.lock:
-            for _ in range(times):
-                self._faults.append(Fault(status, body, dict(headers or {})))
-
     def rate_limit_next(self, retry_after: int = 1, *, times: int = 1) -> None:
         """Queue Zendesk's documented 429: text body plus ``Retry-After``."""
         self.fail_next(429, RATE_LIMIT_BODY, {"Retry-After": str(retry_after)}, times=times)
 
-    def take_fault(self) -> Fault | None:
-        with self.lock:
-            return self._faults.popleft() if self._faults else None
-
     # -- seeding and lookups -------------------------------------------------
 
-    def next_id(self) -> int:
-        with self.lock:
-            return next(self._ids)
-
-    def now(self) -> str:
+    def now(self) -> str:  # the account's clock (a test may set it), not the base's wall clock
         """A UTC ISO 8601 timestamp with ``Z``, the format Zendesk renders."""
         return self.clock().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -256,14 +205,6 @@ def _seed_user_fields(state: ZendeskState) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------- errors
-
-
-class ApiError(Exception):
-    """Raised by views; rendered by one handler into a Zendesk-shaped answer."""
-
-    def __init__(self, status: int, body: Any, headers: dict[str, str] | None = None):
-        super().__init__(status)
-        self.status, self.body, self.headers = status, body, headers or {}
 
 
 def _not_found() -> NoReturn:
@@ -691,16 +632,6 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
     return response
 
 
-def _render(status: int, body: Any, headers: dict[str, str]) -> Response:
-    """Render a fault or error: JSON for dict/list, text for str, else empty."""
-    if isinstance(body, (dict, list)):
-        return _json(body, status, headers)
-    response = Response(b"" if body is None else str(body), status,
-                        mimetype=None if body is None else "text/plain")
-    response.headers.update(headers)
-    return response
-
-
 def _int_arg(name: str, default: int) -> int:
     raw = request.args.get(name)
     if raw is None:
@@ -932,14 +863,7 @@ _ROUTES: tuple[tuple[str, str, Callable[..., Response]], ...] = (
 def _before_request() -> Response | None:
     """Record, delay, inject faults, authenticate, check the body's type."""
     state = _state()
-    raw_query = request.query_string.decode("latin-1")
-    body = request.get_data(cache=True)
-    with state.lock:
-        state.requests.append(RecordedRequest(
-            method=request.method, path=request.path, query_string=raw_query,
-            query=parse_qs(raw_query, keep_blank_values=True),
-            headers=dict(request.headers), body=body,
-            json=request.get_json(silent=True) if body else None))
+    record_request(state)
     if state.slow_seconds:
         time.sleep(state.slow_seconds)
     fault = state.take_fault()
@@ -947,14 +871,14 @@ def _before_request() -> Response | None:
         headers = dict(fault.headers)
         if fault.status == 429:  # a real 429 reports the budget as spent
             headers.setdefault("X-Rate-Limit-Remaining", "0")
-        return _render(fault.status, fault.body, headers)
+        return render(fault.status, fault.body, headers)
     if not _authenticated(state):
         return _json({"error": "Couldn't authenticate you"}, 401,
                      {"WWW-Authenticate": 'Basic realm="Web Password"'})
     if request.method in ("POST", "PUT") and not request.is_json:
         # Docs require Content-Type: application/json; Zendesk's answer to its
         # absence is not documented, so the fake refuses loudly (text/plain).
-        return _render(400, "Content-Type must be application/json", {})
+        return render(400, "Content-Type must be application/json", {})
     return None
 
 
@@ -987,7 +911,7 @@ def create_app(state: ZendeskState | None = None) -> Flask:
                              view_func=view, methods=[method])
     app.before_request(_before_request)
     app.after_request(_after_request)
-    app.register_error_handler(ApiError, lambda e: _render(e.status, e.body, e.headers))
+    app.register_error_handler(ApiError, lambda e: render(e.status, e.body, e.headers))
     # Unknown API paths: Zendesk's JSON for these was not confirmed.
     app.register_error_handler(
         404, lambda e: _json({"error": "InvalidEndpoint", "description": "Not found"}, 404))
