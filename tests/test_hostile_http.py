@@ -212,6 +212,19 @@ def test_too_many_interactions_is_a_422_on_the_field(server: str) -> None:
     check(answer, 422, "validation_failed")
 
 
+def test_a_partial_author_is_saved_not_a_500(server: str) -> None:
+    """Found by fuzzing: the interaction schema makes every author key optional, and the demo
+    mapping read ``author.brandOwned`` unconditionally (a 500 mapping_error)."""
+    created = call(server, "POST", "/api/v1/customer", {"firstName": "Partial", "lastName": "Author"})
+    assert created.status_code == 201
+    post = {**_interaction(1), "author": {"handle": "ann"}}
+    answer = call(server, "POST", "/api/v1/case", {"customerId": created.json()["id"], "title": "Partial author",
+                                                    "interactions": [post]})
+    assert answer.status_code == 201, answer.text
+    [back] = call(server, "GET", f"/api/v1/case/{answer.json()['id']}").json()["interactions"]
+    assert back["author"]["handle"] == "ann" and back["author"]["brandOwned"] is False
+
+
 def test_too_many_phone_numbers_is_a_400_naming_the_limit(server: str) -> None:
     answer = call(server, "POST", "/api/v1/customer/bestmatch", {"phoneNumbers": ["+1 555 0100"] * 5})
     message = check(answer, 400, "bad_request")

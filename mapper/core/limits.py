@@ -45,6 +45,7 @@ class Limits:
     string_chars: int = 100_000         # any one string, key or value, in characters
     interactions: int = 100             # interactions on one case create or update
     list_items: int = 20                # items in each best-match list (phoneNumbers, addresses...)
+    id_chars: int = 256                 # a customer or case id in the path (CRM ids are far shorter)
 
 
 # Which environment variable sets which limit; the README lists the same names.
@@ -54,6 +55,7 @@ ENVIRONMENT: dict[str, str] = {
     "string_chars": "MAPPER_MAX_STRING_CHARS",
     "interactions": "MAPPER_MAX_INTERACTIONS",
     "list_items": "MAPPER_MAX_LIST_ITEMS",
+    "id_chars": "MAPPER_MAX_ID_CHARS",
 }
 
 DEFAULT_LIMITS = Limits()
@@ -191,8 +193,12 @@ def unknown_keys_phrase(unknown: list[str]) -> str:
     return listed + (f" and {rest} more" if rest > 0 else "")
 
 
-def check_id(id: str | None, kind: str) -> None:
+def check_id(id: str | None, kind: str, limits: Limits = DEFAULT_LIMITS) -> None:
     """A path id of ``.`` or ``..`` names no record: URL rules would resolve it to another
-    path, so it can never reach the CRM; it is a 404 like any id the CRM does not have."""
+    path, so it can never reach the CRM; it is a 404 like any id the CRM does not have.
+    An id longer than the limit is a 400 (and keeps URLs under every server's line limit)."""
     if id in (".", ".."):
         raise NotFound(f"No {kind} {id} was found in the CRM.")
+    if id is not None and len(id) > limits.id_chars:
+        raise BadRequest(f"The {kind} id is {len(id)} characters long; at most {limits.id_chars} are accepted, "
+                         f"the limit set by {ENVIRONMENT['id_chars']}.")

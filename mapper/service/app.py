@@ -25,7 +25,7 @@ from ..core.engine import DEFAULT_POOL_SIZE, Engine, Tenancy
 from ..core.khoros import META_BUDGET, OPERATION_BUDGET, OPERATIONS, Operation
 from ..core.limits import Limits, limits_from_environ, parse_body
 from ..errors import ConfigError, KhorosError, Problem, ServerError, Unauthorized
-from . import health, http_errors, metrics
+from . import health, http_errors, metrics, openapi, routes
 from .console import console_blueprint
 from .logs import configure
 from .reload import Runtime
@@ -160,6 +160,7 @@ def create_app(engine: Engine | None = None, *, mapping_path: str | None = None,
     # than the limit lets _read_body tell "exactly the limit" from "longer" (a 413 either way).
     app.config["MAX_CONTENT_LENGTH"] = limits.body_bytes + 1
     app.url_map.merge_slashes = False  # /api//v1/... is a 404 after auth, never a redirect before it
+    app.url_map.converters[routes.CONVERTER] = routes.KhorosIdConverter
 
     @app.before_request
     def start() -> Response | None:
@@ -167,7 +168,7 @@ def create_app(engine: Engine | None = None, *, mapping_path: str | None = None,
         g.started = time.monotonic()
         g.arrived = arrival(request.environ, g.started)
         g.context_token = context.begin(g.trace_id, operation=request.endpoint or "-")
-        if under_api(request.path):
+        if under_api(request.path) or request.path == openapi.PATH:  # the document shows the data model
             g.tenants = runtime.acquire()  # this request keeps this generation to its end
             _select_tenant(g.tenants)
         return None
@@ -227,6 +228,10 @@ def create_app(engine: Engine | None = None, *, mapping_path: str | None = None,
 
     health.add_routes(app, runtime)
 
+    @app.get(openapi.PATH, provide_automatic_options=False)
+    def openapi_document() -> Response:
+        return _json(openapi.document(g.tenant.engine.mapping, limits), 200)
+
     @app.get(f"{API_PREFIX}/meta/object/<kind>", provide_automatic_options=False)
     def meta(kind: str) -> Response:
         return _json(g.tenant.engine.meta(kind, g.trace_id, arrived=g.arrived), 200)
@@ -243,7 +248,8 @@ def create_app(engine: Engine | None = None, *, mapping_path: str | None = None,
             TokenCheck(admin).allows))
 
     for op in OPERATIONS:
-        app.add_url_rule(API_PREFIX + op.rule, endpoint=op.name, view_func=_view(op, limits), methods=[op.method],
+        app.add_url_rule(API_PREFIX + routes.url_rule(op.rule), endpoint=op.name, view_func=_view(op, limits),
+                         methods=[op.method],
                          provide_automatic_options=False)  # OPTIONS is a 405 as Khoros JSON
     return app
 
