@@ -70,6 +70,12 @@ def test_lone_surrogates_are_refused(body: bytes) -> None:
         parse_body(body)
 
 
+@pytest.mark.parametrize(("body", "value"), [(b"1", 1), (b"null", None), (b"true", True), (b'"x"', "x"),
+                                             (b"[]", []), (b"{}", {}), (b"2.5", 2.5)])
+def test_any_json_value_parses(body: bytes, value: object) -> None:
+    assert parse_body(body, SMALL) == value  # the operation, not the parser, says it must be an object
+
+
 def test_paired_surrogates_and_other_unicode_pass() -> None:
     assert parse_body(b'{"n": "\\ud83d\\ude00 caf\xc3\xa9"}') == {"n": "\U0001f600 café"}
 

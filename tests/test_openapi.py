@@ -126,3 +126,22 @@ def test_the_server_serves_it_behind_the_khoros_secret(demo_env: dict[str, str])
     assert options.status_code == 405 and options.headers["Allow"] == "GET, HEAD"
     fields = _resolve(served.json(), {"$ref": "#/components/schemas/CustomerCreate"})["properties"]
     assert fields["tier"]["anyOf"][0]["enum"] == ["gold", "silver", "bronze"]
+
+
+def test_with_tenants_it_describes_the_tenant_the_headers_select(tmp_path) -> None:
+    from tests.support.tenants import ACME_TOKEN, GLOBEX_TOKEN, Crm, headers, server_environ, write_server_file
+
+    acme, globex = Crm("acme").start(), Crm("globex").start()
+    app = create_app(config_path=str(write_server_file(tmp_path)), environ=server_environ(acme, globex))
+    try:
+        with serve(app) as live:
+            def get(token: str, company: str) -> requests.Response:
+                return requests.get(live.url + "/openapi.json", headers=headers(token, company), timeout=10)
+            titles = [get(ACME_TOKEN, "42").json()["info"]["title"], get(GLOBEX_TOKEN, "77").json()["info"]["title"]]
+            crossed = get(GLOBEX_TOKEN, "42")
+    finally:
+        acme.stop()
+        globex.stop()
+        app.config["RUNTIME"].current.close()
+    assert titles[0].startswith("people:") and titles[1].startswith("people-traced:")
+    assert crossed.status_code == 401 and crossed.json()["error"] == "unauthorized"
