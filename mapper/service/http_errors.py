@@ -12,6 +12,8 @@ every answer from the server is Khoros's error JSON with a trace id.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from flask import current_app, request
 from werkzeug import exceptions as wz
 from werkzeug.routing import RequestRedirect
@@ -49,7 +51,7 @@ def _bad_request(exc: wz.HTTPException) -> KhorosError:
 
 # Werkzeug's exception classes and the Khoros error each becomes; the first class in this
 # order that the exception is an instance of wins (ClientDisconnected is a BadRequest).
-TABLE: tuple[tuple[type[wz.HTTPException], object], ...] = (
+TABLE: tuple[tuple[type[wz.HTTPException], Callable[[wz.HTTPException], KhorosError]], ...] = (
     (RequestRedirect, _no_route),          # a redirect the router would invent: no such path here
     (wz.NotFound, _no_route),
     (wz.MethodNotAllowed, _wrong_method),
@@ -63,7 +65,7 @@ def khoros_error_for(exc: wz.HTTPException) -> KhorosError:
     (another 4xx is a 400, a 5xx a 500), so that no HTML page ever leaves."""
     for cls, make in TABLE:
         if isinstance(exc, cls):
-            return make(exc)  # type: ignore[operator]
+            return make(exc)
     if exc.code is not None and exc.code < 500:
         return _bad_request(exc)
     return ServerError("The CRM bridge's web server failed to handle the request; the trace id is in its log.",
