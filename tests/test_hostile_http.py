@@ -161,6 +161,17 @@ def test_a_chunked_body_over_the_size_limit_is_a_413(server: str) -> None:
     check(answer, 413, "payload_too_large")
 
 
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_body_of_exactly_the_limit_is_read(server: str, chunked: bool) -> None:
+    body = b'{"email": "jane@example.com"}'
+    for size, status in ((2000, 200), (2001, 413)):
+        padded = body + b" " * (size - len(body))  # JSON allows trailing whitespace
+        data = iter([padded[:1000], padded[1000:]]) if chunked else padded
+        answer = requests.post(server + "/api/v1/customers", data=data, timeout=10,
+                               headers={"Authorization": TOKEN, "Content-Type": "application/json"})
+        assert answer.status_code == status, answer.text
+
+
 def test_deep_nesting_is_a_400_naming_the_limit(server: str) -> None:
     # Just over the limit of 8, and 999 levels (what fits in 2,000 bytes; tests/test_limits.py
     # sends 100,000, past the interpreter's recursion limit).
