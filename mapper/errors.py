@@ -11,6 +11,8 @@ thinking of its own.
         ├── BadRequest           400 malformed JSON, unknown field, wrong shape
         ├── Unauthorized         401 missing or wrong Authorization value
         ├── NotFound             404 no such customer/case, unknown meta type
+        ├── MethodNotAllowed     405 a method the path does not serve (HTTP layer only)
+        ├── PayloadTooLarge      413 a body over the configured size limit (HTTP layer only)
         ├── ValidationFailed     422 field values Khoros sent fail the data model
         └── ServerError          500 anything unexpected
             ├── MappingRuntimeError   a mapping template or extraction failed on real data
@@ -20,6 +22,10 @@ thinking of its own.
                 ├── UpstreamTimeout       the CRM did not answer inside the Khoros budget
                 └── MissingValue          a template read a key the data lacks (also a
                                           MappingRuntimeError: the path may be wrong too)
+
+The two HTTP-layer classes are the only statuses outside Khoros's list: they
+answer what no Khoros call sends (a method or a size Khoros never uses), and
+HTTP gives them their own meaning that a 400 would blur.
 
 Messages are sentences meant for a person: what failed and what to do. They
 never contain secrets or template contexts; submitted values are not echoed.
@@ -79,6 +85,10 @@ class KhorosError(MapperError):
         self.message = f"{self.message.rstrip('.')} ({where})."
         self.args = (self.message,)
 
+    def headers(self) -> dict[str, str]:
+        """HTTP headers this error's answer must carry besides the body (most need none)."""
+        return {}
+
 
 class BadRequest(KhorosError):
     """Raised when the request body is not JSON, not an object, or names unknown fields."""
@@ -99,6 +109,28 @@ class NotFound(KhorosError):
 
     status = 404
     code = "not_found"
+
+
+class MethodNotAllowed(KhorosError):
+    """Raised when a path exists but not with this method (OPTIONS, PUT, DELETE...);
+    the answer lists the methods it does take in ``Allow``, as HTTP requires."""
+
+    status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, allow: list[str], **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.allow = list(allow)
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ", ".join(self.allow)}
+
+
+class PayloadTooLarge(KhorosError):
+    """Raised when a request body is longer than the server's size limit."""
+
+    status = 413
+    code = "payload_too_large"
 
 
 @dataclass(frozen=True)

@@ -185,8 +185,11 @@ def test_the_token_check_compares_whole_values():
     assert check.allows("s3cret-two")
     assert check.allows("Bearer s3cret-one")
     assert not check.allows("s3cret")
-    assert not check.allows("s3cret-one ")
+    assert not check.allows("s3cret-one x")
+    assert not check.allows("Bearer s3cret")
+    assert check.allows(" s3cret-one\t")  # spaces around a header value are not part of it (RFC 9110)
     assert not check.allows(None)
+    assert not check.allows(" ")
 
 
 def test_tokens_come_from_mapper_auth_tokens_by_default(engine, monkeypatch):
@@ -216,8 +219,10 @@ def test_an_unknown_route_is_a_json_404(khoros):
     assert_khoros_error(khoros.call("GET", "/favicon.ico", token=None), 404, "not_found")
 
 
-def test_a_wrong_method_is_a_json_400(khoros):
-    assert_khoros_error(khoros.call("DELETE", "/api/v1/customer/1"), 400, "bad_request")
+def test_a_wrong_method_is_a_json_405_naming_the_allowed_ones(khoros):
+    answer = khoros.call("DELETE", "/api/v1/customer/1")
+    assert_khoros_error(answer, 405, "method_not_allowed")
+    assert answer.headers["Allow"] == "GET, HEAD, PATCH"
 
 
 def test_an_unknown_meta_type_is_a_404(khoros):

@@ -226,8 +226,8 @@ def test_a_best_match_body_keeps_only_populated_keys():
 @pytest.mark.parametrize(("body", "message"), [
     ({"phoneNumbers": "555-1234"}, "Best-match field 'phoneNumbers' must be of type ['array', 'null']."),
     ({"phoneNumbers": ["555", 1234]}, "Best-match field 'phoneNumbers[1]' must be of type string."),
-    ({"addresses": [{"town": "Leeds"}]}, "Best-match field 'addresses[0]' has a key Khoros does not define: town."),
-    ({"shoeSize": "9"}, "Best-match field 'body' has a key Khoros does not define: shoeSize."),
+    ({"addresses": [{"town": "Leeds"}]}, "Best-match field 'addresses[0]' has a key Khoros does not define: 'town'."),
+    ({"shoeSize": "9"}, "Best-match field 'body' has a key Khoros does not define: 'shoeSize'."),
 ])
 def test_best_match_shape_errors_are_bad_requests(body, message):
     with pytest.raises(BadRequest) as caught:

@@ -37,6 +37,7 @@ from .auth import SIGNERS, OAuth2
 from .budget import ANSWER_RESERVE, Deadline
 from .compiler import CompiledMapping, CompiledOperation, Setting, compile_document
 from .khoros import META_BUDGET, META_TYPES, OPERATION_BUDGET, OPERATIONS_BY_NAME, Operation
+from .limits import DEFAULT_LIMITS, Limits, check_id, check_payload
 from .model import (
     FIELD_TYPES,
     IDENTITY_FIELDS,
@@ -175,22 +176,27 @@ class Engine:
     # -- operations ------------------------------------------------------
 
     def run(self, name: str, body: Any, *, id: str | None = None, tenancy: Tenancy | None = None,
-            trace_id: str = "-", trace: Trace | None = None, arrived: float | None = None) -> tuple[int, Any]:
+            trace_id: str = "-", trace: Trace | None = None, arrived: float | None = None,
+            limits: Limits = DEFAULT_LIMITS) -> tuple[int, Any]:
         """Answer one Khoros operation: (HTTP status, JSON payload).
 
         ``trace`` (``mapper run``) is told of every step, request and answer.
         ``arrived`` is when the request reached us (``time.monotonic()``): Khoros's clock
         started then, so time spent queued for a worker is taken from the budget, and a
-        request that can no longer finish in time is refused before any CRM call."""
+        request that can no longer finish in time is refused before any CRM call.
+        ``limits`` bound the counts that cost CRM calls (see :mod:`mapper.core.limits`)."""
         try:
-            return self._run(name, body, id=id, tenancy=tenancy, trace_id=trace_id, trace=trace, arrived=arrived)
+            return self._run(name, body, id=id, tenancy=tenancy, trace_id=trace_id, trace=trace, arrived=arrived,
+                             limits=limits)
         except KhorosError as exc:
             clean_error(exc, self.redactor)
             raise
 
     def _run(self, name: str, body: Any, *, id: str | None, tenancy: Tenancy | None,
-             trace_id: str, trace: Trace | None, arrived: float | None) -> tuple[int, Any]:
+             trace_id: str, trace: Trace | None, arrived: float | None,
+             limits: Limits) -> tuple[int, Any]:
         op = OPERATIONS_BY_NAME[name]
+        check_id(id, op.object_kind if name != "customer_cases" else "customer", limits)
         compiled = self.mapping.operations[name]
         if compiled.unsupported:
             raise Unsupported(f"This CRM does not support '{op.summary.rstrip('.')}': {compiled.unsupported}")
@@ -200,6 +206,7 @@ class Engine:
                 f"The server is overloaded: this request waited {deadline.waited():.1f} s for a free worker, "
                 f"too long to finish within Khoros's {self.operation_budget:g} s limit, so nothing was sent to "
                 "the CRM. Add workers or threads (see the README's production section).")
+        check_payload(op, body, limits)
         clean = self._check_input(op, body, trace_id, deadline)
         run = self._new_run(deadline, trace_id)
         run.trace = trace

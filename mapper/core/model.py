@@ -21,6 +21,7 @@ import jsonschema
 
 from ..errors import BadRequest, FieldError, ValidationFailed
 from . import PROJECT_ROOT
+from .limits import unknown_keys_phrase
 
 # The Khoros field types and the JSON type each carries on the wire.
 FIELD_TYPES: dict[str, tuple[type, str]] = {
@@ -127,7 +128,7 @@ class ObjectModel:
     def _reject_unknown(self, body: dict[str, Any], allowed: set[str]) -> None:
         unknown = sorted(k for k in body if k not in allowed)
         if unknown:
-            listed = ", ".join(f"'{k}'" for k in unknown)
+            listed = unknown_keys_phrase(unknown)
             raise BadRequest(
                 f"Unknown {self.kind} field{'s' if len(unknown) > 1 else ''} {listed}: "
                 f"this CRM's {self.kind} fields are listed at /meta/object/{self.kind}.")
@@ -211,8 +212,8 @@ def _schema_errors(validator: jsonschema.Draft202012Validator, value: Any, prefi
             missing = error.message.split("'")[1] if "'" in error.message else ""
             out.append(FieldError(f"{where}.{missing}" if missing else where, "is required"))
         elif error.validator == "additionalProperties":
-            out.append(FieldError(where, "has a key Khoros does not define: " +
-                                  ", ".join(sorted(set(error.instance) - set(error.schema.get("properties", {}))))))
+            unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+            out.append(FieldError(where, "has a key Khoros does not define: " + unknown_keys_phrase(unknown)))
         elif error.validator == "type":
             out.append(FieldError(where, f"must be of type {error.validator_value}"))
         else:

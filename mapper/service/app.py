@@ -18,12 +18,14 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
 
 from ..core import context
 from ..core.engine import DEFAULT_POOL_SIZE, Engine, Tenancy
 from ..core.khoros import META_BUDGET, OPERATION_BUDGET, OPERATIONS, Operation
-from ..errors import BadRequest, ConfigError, KhorosError, Problem, ServerError, Unauthorized
-from . import health, metrics
+from ..core.limits import Limits, limits_from_environ, parse_body
+from ..errors import ConfigError, KhorosError, Problem, ServerError, Unauthorized
+from . import health, http_errors, metrics, openapi, routes
 from .console import console_blueprint
 from .logs import configure
 from .reload import Runtime
@@ -45,6 +47,14 @@ KHOROS_STATUSES = frozenset({200, 201, 204, 400, 401, 404, 422, 500})
 ARRIVED_KEY = "mapper.arrived"
 # An X-Request-Start older than this is a clock problem, not a queue: ignored.
 MAX_QUEUE_AGE = 600.0
+# What HTTP (RFC 9110 section 5.5) lets surround a header value: spaces and tabs.
+HEADER_SPACE = " \t"
+HEADER_SPACE_BYTES = HEADER_SPACE.encode()
+
+
+def under_api(path: str) -> bool:
+    """Every path under /api is a Khoros path: authenticated, whatever follows."""
+    return path == "/api" or path.startswith("/api/")
 
 
 def parse_tokens(raw: str | None) -> list[str]:
@@ -56,19 +66,31 @@ class TokenCheck:
     """Compares the Authorization header with every configured token in constant time."""
 
     def __init__(self, tokens: list[str]) -> None:
+        tokens = [t.strip(HEADER_SPACE) for t in tokens if t.strip(HEADER_SPACE)]
         if not tokens:
             raise ConfigError([Problem("environment", 0, "MAPPER_AUTH_TOKENS",
                                        "no Khoros token is configured; set MAPPER_AUTH_TOKENS to the secret "
                                        "registered with Khoros (several, comma-separated, while rotating)")])
         self.tokens = tuple(tokens)
-        self._tokens = [t.encode() for t in tokens]
+        self._tokens = [t.encode("utf-8") for t in tokens]
 
     def allows(self, header: str | None) -> bool:
+        """Whether ``header`` is a configured token, alone or after ``Bearer``.
+
+        The same under every server: the bytes Khoros sent (a WSGI server hands them over
+        decoded as Latin-1) compared with the token's UTF-8 bytes, so a non-ASCII token can
+        match; spaces and tabs around the value are dropped, as HTTP says and gunicorn
+        does (Werkzeug's development server keeps them)."""
         if not header:
             return False
-        candidates = [header.encode()]
-        if header[:7].lower() == "bearer ":
-            candidates.append(header[7:].strip().encode())
+        try:
+            raw = header.encode("latin-1")
+        except UnicodeEncodeError:  # a str that never went through a WSGI server (a test client)
+            raw = header.encode("utf-8", "replace")
+        raw = raw.strip(HEADER_SPACE_BYTES)
+        candidates = [raw]
+        if raw[:7].lower() == b"bearer ":
+            candidates.append(raw[7:].strip(HEADER_SPACE_BYTES))
         matched = False
         for token in self._tokens:  # no early exit: the time taken does not depend on which matched
             for candidate in candidates:
@@ -144,8 +166,15 @@ def create_app(engine: Engine | None = None, *, mapping_path: str | None = None,
         runtime.started_on_last_good(broken)
     metrics.install()
 
+    limits = limits_from_environ(env)
     app = Flask("mapper")
     app.config["RUNTIME"] = runtime
+    app.config["MAPPER_LIMITS"] = limits
+    # Werkzeug stops reading a chunked body at this length without a word; one byte more
+    # than the limit lets _read_body tell "exactly the limit" from "longer" (a 413 either way).
+    app.config["MAX_CONTENT_LENGTH"] = limits.body_bytes + 1
+    app.url_map.merge_slashes = False  # /api//v1/... is a 404 after auth, never a redirect before it
+    app.url_map.converters[routes.CONVERTER] = routes.KhorosIdConverter
 
     @app.before_request
     def start() -> Response | None:
@@ -153,7 +182,7 @@ def create_app(engine: Engine | None = None, *, mapping_path: str | None = None,
         g.started = time.monotonic()
         g.arrived = arrival(request.environ, g.started)
         g.context_token = context.begin(g.trace_id, operation=request.endpoint or "-")
-        if request.path.startswith(API_PREFIX):
+        if under_api(request.path) or request.path == openapi.PATH:  # the document shows the data model
             g.tenants = runtime.acquire()  # this request keeps this generation to its end
             _select_tenant(g.tenants)
         return None
@@ -196,15 +225,13 @@ def create_app(engine: Engine | None = None, *, mapping_path: str | None = None,
         level = logging.ERROR if exc.status >= 500 else logging.INFO
         log.log(level, "trace=%s error=%s status=%s message=%s%s", trace, exc.code, exc.status, exc.message,
                 f" detail={exc.internal}" if exc.internal else "")
-        return _json(exc.to_json(trace), exc.status)
+        response = _json(exc.to_json(trace), exc.status)
+        response.headers.update(exc.headers())
+        return response
 
-    @app.errorhandler(404)
-    def no_route(exc: Exception) -> Response:
-        return khoros_error(_no_route())
-
-    @app.errorhandler(405)
-    def wrong_method(exc: Exception) -> Response:
-        return khoros_error(BadRequest(f"{request.method} is not allowed on {request.path}."))
+    @app.errorhandler(HTTPException)
+    def werkzeug_error(exc: HTTPException) -> Response:
+        return khoros_error(http_errors.khoros_error_for(exc))
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
@@ -215,7 +242,11 @@ def create_app(engine: Engine | None = None, *, mapping_path: str | None = None,
 
     health.add_routes(app, runtime)
 
-    @app.get(f"{API_PREFIX}/meta/object/<kind>")
+    @app.get(openapi.PATH, provide_automatic_options=False)
+    def openapi_document() -> Response:
+        return _json(openapi.document(g.tenant.engine.mapping, limits), 200)
+
+    @app.get(f"{API_PREFIX}/meta/object/<kind>", provide_automatic_options=False)
     def meta(kind: str) -> Response:
         return _json(g.tenant.engine.meta(kind, g.trace_id, arrived=g.arrived), 200)
 
@@ -233,7 +264,9 @@ def create_app(engine: Engine | None = None, *, mapping_path: str | None = None,
             lambda: {name: tenant.engine for name, tenant in runtime.current.tenants.items()}, admin_allows))
 
     for op in OPERATIONS:
-        app.add_url_rule(API_PREFIX + op.rule, endpoint=op.name, view_func=_view(op), methods=[op.method])
+        app.add_url_rule(API_PREFIX + routes.url_rule(op.rule), endpoint=op.name, view_func=_view(op, limits),
+                         methods=[op.method],
+                         provide_automatic_options=False)  # OPTIONS is a 405 as Khoros JSON
     return app
 
 
@@ -250,22 +283,17 @@ def _select_tenant(tenants: TenantSet) -> None:
                            "for this CRM.")
 
 
-def _no_route() -> KhorosError:
-    from ..errors import NotFound
-    return NotFound(f"There is no {request.method} {request.path} in the Khoros Custom CRM API.")
-
-
-def _view(op: Operation) -> Callable[..., Response]:
+def _view(op: Operation, limits: Limits) -> Callable[..., Response]:
     def view(id: str | None = None) -> Response:
         engine: Engine = g.tenant.engine
-        body = _read_body() if op.method in ("POST", "PATCH", "PUT") else None
+        body = _read_body(limits) if op.method in ("POST", "PATCH", "PUT") else None
         headers = request.headers  # once: each access to `request` goes through a context-local proxy
         tenancy = Tenancy(
             user_email=headers.get("x-sf-user-email") or headers.get("x-sf-email"),
             initiative=headers.get("x-sf-initiative"),
             company_id=headers.get("x-sf-company-id"))
         status, payload = engine.run(op.name, body, id=id, tenancy=tenancy, trace_id=g.trace_id,
-                                     arrived=g.arrived)
+                                     arrived=g.arrived, limits=limits)
         if status not in KHOROS_STATUSES:  # the operation table is ours; guard it anyway
             raise ServerError(f"Operation {op.name} produced HTTP {status}, which Khoros does not know.")
         return _json(payload, status)
@@ -312,11 +340,11 @@ def _epoch_seconds(header: str) -> float | None:
     return value
 
 
-def _read_body() -> Any:
-    raw = request.get_data(cache=False)
-    if not raw.strip():
-        raise BadRequest("The request body is empty; send a JSON object.")
+def _read_body(limits: Limits) -> Any:
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"The request body is not valid JSON ({type(exc).__name__}).") from exc
+        raw = request.get_data(cache=False)
+    except http_errors.BODY_READ_ERRORS as exc:  # the body ended early or its chunks are broken
+        raise http_errors.body_read_failed(exc) from exc
+    if len(raw) > limits.body_bytes:
+        raise http_errors.too_large(limits)
+    return parse_body(raw, limits)
