@@ -28,6 +28,7 @@ from requests.structures import CaseInsensitiveDict
 from ..errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from . import context
 from .budget import Deadline
+from .transport import Transport
 
 log = logging.getLogger("mapper.upstream")
 
@@ -122,6 +123,7 @@ class Client:
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+        self.transport = Transport(self.session)  # no per-call environment lookups (see transport.py)
 
     def close(self) -> None:
         self.session.close()
@@ -163,15 +165,11 @@ class Client:
                 f"The CRM call {outbound.describe()} was not started: the Khoros time limit "
                 f"({deadline.seconds:g} s) was already spent by earlier CRM calls.")
         started = time.monotonic()
-        kwargs: dict[str, Any] = {"params": outbound.params or None, "headers": outbound.headers,
-                                  "timeout": (min(allowed, 3.0), allowed), "stream": True,
-                                  "allow_redirects": False}
-        if outbound.has_json_body:
-            kwargs["json"] = outbound.json_body
-        elif outbound.form is not None:
-            kwargs["data"] = outbound.form
         try:
-            response = self.session.request(outbound.method, outbound.url, **kwargs)
+            response = self.transport.send(
+                outbound.method, outbound.url, params=outbound.params, headers=outbound.headers,
+                json_body=outbound.json_body, has_json_body=outbound.has_json_body, form=outbound.form,
+                timeout=(min(allowed, 3.0), allowed))
             try:
                 raw = self._read_body(response, outbound, deadline)
             finally:
