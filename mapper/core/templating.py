@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, Undefined, meta, nodes
+from jinja2 import StrictUndefined, Template, TemplateAssertionError, TemplateError, Undefined, meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 
@@ -425,9 +425,18 @@ class Expression(Compiled):
     def __init__(self, source: str, expr: str, where: str, env: ImmutableSandboxedEnvironment = ENV) -> None:
         self.source = source
         self.where = where
-        self._fn = env.compile_expression(expr, undefined_to_none=False)
+        self._env = env
+        self._expr = expr
         self._ast = env.parse("{{" + expr + "}}")
+        self._names = _checked_names(self._ast, env)
         self._plan = expression_plan(self._ast)
+        self._fn: Callable[..., Any] | None = None  # Jinja's code, made at first use (see _checked_names)
+
+    def _jinja(self) -> Callable[..., Any]:
+        fn = self._fn
+        if fn is None:  # two threads may both compile it once; both results are the same
+            fn = self._fn = self._env.compile_expression(self._expr, undefined_to_none=False)
+        return fn
 
     def evaluate(self, context: dict[str, Any]) -> Any:
         if self._plan is not None:
@@ -435,7 +444,7 @@ class Expression(Compiled):
             if value is not UNKNOWN and value is not UNDEFINED:  # Jinja raises for an Undefined
                 return value
         try:
-            value = self._fn(**context)
+            value = self._jinja()(**context)
         except (TemplateError, ArithmeticError, LookupError, TypeError, ValueError) as exc:
             raise _runtime_error(self.where, exc) from exc
         if isinstance(value, Undefined):
@@ -446,7 +455,7 @@ class Expression(Compiled):
         return value
 
     def names(self) -> set[str]:
-        return set(meta.find_undeclared_variables(self._ast))
+        return set(self._names)
 
     @property
     def ast(self) -> nodes.Template:
@@ -459,9 +468,17 @@ class Text(Compiled):
     def __init__(self, source: str, where: str, env: ImmutableSandboxedEnvironment = ENV) -> None:
         self.source = source
         self.where = where
-        self._template = env.from_string(source)
+        self._env = env
         self._ast = env.parse(source)
+        self._names = _checked_names(self._ast, env)
         self._plan = text_plan(self._ast, env.finalize)
+        self._compiled: Template | None = None  # Jinja's code, made at first use (see _checked_names)
+
+    def _jinja(self) -> Template:
+        template = self._compiled
+        if template is None:  # two threads may both compile it once; both results are the same
+            template = self._compiled = self._env.from_string(self.source)
+        return template
 
     def evaluate(self, context: dict[str, Any]) -> Any:
         if self._plan is not None:
@@ -472,16 +489,34 @@ class Text(Compiled):
             if value is not UNKNOWN:
                 return value
         try:
-            return self._template.render(context)
+            return self._jinja().render(context)
         except (TemplateError, ArithmeticError, LookupError, TypeError, ValueError) as exc:
             raise _runtime_error(self.where, exc) from exc
 
     def names(self) -> set[str]:
-        return set(meta.find_undeclared_variables(self._ast))
+        return set(self._names)
 
     @property
     def ast(self) -> nodes.Template:
         return self._ast
+
+
+def _checked_names(ast: nodes.Template, env: ImmutableSandboxedEnvironment) -> frozenset[str]:
+    """The context names a template reads. Finding them runs Jinja's code generator over the
+    template, which is also what refuses an unknown filter or test, so every template is
+    checked at load time. Compiling the generated code into Python, which cost as much again
+    and made start-up slow, waits for the first value no fast path renders: once per process
+    and template, and for most leaves never."""
+    if all(isinstance(node, nodes.Output) for node in ast.body):
+        # Text and expressions only (nearly every leaf): nothing binds a name, so the names read
+        # are the Name nodes, and the only check the code generator would make is the one here.
+        for node in ast.find_all((nodes.Filter, nodes.Test)):
+            kind, known = ("filter", env.filters) if isinstance(node, nodes.Filter) else ("test", env.tests)
+            if node.name not in known:
+                raise TemplateAssertionError(f"No {kind} named {node.name!r}.", node.lineno, None, None)
+        return frozenset(node.name for node in ast.find_all(nodes.Name)
+                         if node.ctx == "load" and node.name not in env.globals)  # as Jinja's meta does
+    return frozenset(meta.find_undeclared_variables(ast))
 
 
 @dataclass
