@@ -51,21 +51,25 @@ class Transport:
             found = self._proxies[origin] = dict(get_environ_proxies(url))
         return found
 
-    def send(self, method: str, url: str, *, params: list[tuple[str, str]], headers: dict[str, str],
-             json_body: Any = None, has_json_body: bool = False, form: dict[str, Any] | None = None,
-             timeout: tuple[float, float]) -> requests.Response:
-        """One exchange, its body left unread (streamed); redirects are answers, not followed."""
+    def request(self, method: str, url: str, *, params: list[tuple[str, str]] | None = None,
+                headers: dict[str, str] | None = None, json: Any = None, data: dict[str, Any] | None = None,
+                timeout: tuple[float, float], stream: bool = True,
+                allow_redirects: bool = False) -> requests.Response:
+        """What ``Session.request`` does for the engine's calls (same arguments), without its
+        per-call lookups. The body is left unread when ``stream``; redirects are answers."""
+        if allow_redirects:
+            raise ValueError("the engine's CRM calls never follow redirects")
         merged = CaseInsensitiveDict(self.session.headers)  # requests' defaults (User-Agent...), then ours
-        merged.update(headers)
+        merged.update(headers or {})
         prepared = requests.PreparedRequest()
         prepared.prepare_method(method)
-        prepared.prepare_url(url, params or None)
+        prepared.prepare_url(url, params)
         prepared.prepare_headers({k: v for k, v in merged.items() if v is not None})
-        if has_json_body:
-            prepared.prepare_body(None, None, json_body)
-        else:
-            prepared.prepare_body(form, None)
+        prepared.prepare_body(data, None, json)
         prepared.prepare_auth(None, url)  # user:password in the URL, as requests does
         adapter = self.session.get_adapter(prepared.url or url)
-        return adapter.send(prepared, stream=True, timeout=timeout, verify=self.verify, cert=None,
-                            proxies=self.proxies_for(url))
+        response = adapter.send(prepared, stream=stream, timeout=timeout, verify=self.verify, cert=None,
+                                proxies=self.proxies_for(url))
+        if not stream:
+            response.content  # noqa: B018  # read now, as requests does
+        return response

@@ -165,11 +165,15 @@ class Client:
                 f"The CRM call {outbound.describe()} was not started: the Khoros time limit "
                 f"({deadline.seconds:g} s) was already spent by earlier CRM calls.")
         started = time.monotonic()
+        kwargs: dict[str, Any] = {"params": outbound.params or None, "headers": outbound.headers,
+                                  "timeout": (min(allowed, 3.0), allowed), "stream": True,
+                                  "allow_redirects": False}
+        if outbound.has_json_body:
+            kwargs["json"] = outbound.json_body
+        elif outbound.form is not None:
+            kwargs["data"] = outbound.form
         try:
-            response = self.transport.send(
-                outbound.method, outbound.url, params=outbound.params, headers=outbound.headers,
-                json_body=outbound.json_body, has_json_body=outbound.has_json_body, form=outbound.form,
-                timeout=(min(allowed, 3.0), allowed))
+            response = self.transport.request(outbound.method, outbound.url, **kwargs)
             try:
                 raw = self._read_body(response, outbound, deadline)
             finally:
