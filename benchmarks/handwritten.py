@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
+from requests.adapters import HTTPAdapter
 
 # The demo mapping's customer model, as a hand-written handler would hard-code it.
 CUSTOMER_FIELDS: dict[str, type] = {
@@ -67,10 +68,14 @@ def _isodate(value: str | None) -> str | None:
 class HandWrittenDemo:
     """The four benchmarked Khoros operations for the demo CRM, written out by hand."""
 
-    def __init__(self, base_url: str, api_key: str = "", timeout: float = 5.0) -> None:
+    def __init__(self, base_url: str, api_key: str = "", timeout: float = 5.0, pool_size: int = 10) -> None:
         self.base_url = base_url
         self.timeout = timeout
         self.session = requests.Session()
+        # One kept-alive CRM connection per server thread, as the engine has (requests' default is 10).
+        adapter = HTTPAdapter(pool_maxsize=pool_size)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
         # The same headers the engine sends: connection.headers plus the header auth.
         self.session.headers.update({"Accept": "application/json", "X-Api-Key": api_key})
 
@@ -242,14 +247,15 @@ def create_app() -> Any:
     """The hand-written handler as a Flask app, for gunicorn: the benchmarked Khoros routes.
 
     ``gunicorn 'benchmarks.handwritten:create_app()'`` with ``DEMO_CRM_URL`` and
-    ``HANDWRITTEN_TOKEN`` set. Checks the Authorization header as our server does."""
+    ``HANDWRITTEN_TOKEN`` set (and ``HANDWRITTEN_THREADS``, gunicorn's threads, to size the
+    CRM connection pool). Checks the Authorization header as our server does."""
     import hmac
     import json
     import os
 
     from flask import Flask, Response, request
 
-    handler = HandWrittenDemo(os.environ["DEMO_CRM_URL"])
+    handler = HandWrittenDemo(os.environ["DEMO_CRM_URL"], pool_size=int(os.environ.get("HANDWRITTEN_THREADS", "10")))
     token = os.environ["HANDWRITTEN_TOKEN"].encode()
     app = Flask("handwritten")
 

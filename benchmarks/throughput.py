@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import requests
 
 from benchmarks.harness import TOKEN, Server, free_port, lua_headers, process, upstream, wrk, wrk_available
+from mapper.service import gunicorn_conf
 
 INTERACTION = {"created": "2024-05-01T09:00:00Z", "body": "@acme my charger sparks",
                "linkUrl": "https://twitter.com/janedoe/status/1", "serviceId": "1", "service": "twitter",
@@ -107,14 +108,17 @@ def main(argv: list[str] | None = None) -> int:
         crm_url = f"http://127.0.0.1:{crm_port}"
         stack.enter_context(process("upstream", upstream(crm_port), {}, crm_port, logs["upstream"], "/"))
         env = {"DEMO_CRM_URL": crm_url, "MAPPER_AUTH_TOKENS": TOKEN, "HANDWRITTEN_TOKEN": TOKEN,
-               "MAPPER_LOG_LEVEL": args.log_level}
+               "HANDWRITTEN_THREADS": str(args.threads), "MAPPER_LOG_LEVEL": args.log_level}
+        # The same gunicorn settings on both sides where the engine's production ones differ
+        # from gunicorn's defaults: keep-alive and worker timeout.
+        same = ["--keep-alive", str(gunicorn_conf.keepalive), "--timeout", str(gunicorn_conf.timeout)]
         servers = {
             ENGINE: stack.enter_context(process(ENGINE, [
                 sys.executable, "serve.py", "--mapping", "mappings/demo.yaml", "--port", str(engine_port),
                 "--workers", "1", "--threads", str(args.threads)], env, engine_port, logs[ENGINE])),
             HAND: stack.enter_context(process(HAND, [
                 sys.executable, "-m", "gunicorn", "-k", "gthread", "-w", "1", "--threads", str(args.threads),
-                "-b", f"127.0.0.1:{hand_port}", "--no-control-socket", "benchmarks.handwritten:create_app()"],
+                "-b", f"127.0.0.1:{hand_port}", "--no-control-socket", *same, "benchmarks.handwritten:create_app()"],
                 env, hand_port, logs[HAND], "/")),
         }
         check_same_answers(servers)

@@ -222,3 +222,30 @@ def test_a_worker_forked_after_a_reload_reads_the_files_again(served: tuple[str,
     os.close(read)
     assert answer == "1 https://people-forked.example"
     assert runtime.current.generation == 0  # the parent itself did not reload
+
+
+def test_a_worker_forked_with_the_files_unchanged_serves_the_inherited_copy(
+        served: tuple[str, Runtime, Path]) -> None:
+    """Nothing changed since the parent loaded the files: the worker does not compile them
+    again (it would double every start-up), and serves the very engines it inherited."""
+    from mapper.service.reload import after_fork
+
+    _, runtime, _ = served
+    inherited = runtime.current
+    import warnings
+
+    read, write = os.pipe()
+    with warnings.catch_warnings():  # 3.12+: "multi-threaded, fork() may deadlock"; the child only reads files
+        warnings.simplefilter("ignore", DeprecationWarning)
+        child = os.fork()
+    if child == 0:  # the worker
+        try:
+            after_fork(runtime)
+            os.write(write, f"{runtime.current.generation} {runtime.current is inherited}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    answer = os.read(read, 1000).decode()
+    os.waitpid(child, 0)
+    os.close(read)
+    assert answer == "0 True"

@@ -332,7 +332,7 @@ def test_path_encoding_does_not_leak_into_other_values():
 
 FAST_CONTEXT: dict[str, Any] = {
     "record": {"id": 7, "name": "Jane", "owner": None, "tags": ["a", "b"], "items": 3, "nested": {"x": "y"},
-               "empty": "", "zero": 0},
+               "empty": "", "zero": 0, "stamp": "2024-05-01T09:00:00.000Z"},
     "body": {"email": "j@example.com"},
     "settings": {"base_url": "https://crm.example"},
     "rows": [{"id": 1}],
@@ -355,6 +355,14 @@ FAST_COVERED = [
     "{{ record.name if record.tags else 'none' }}", "{{ record.name if record.empty else record.zero }}",
     "{{ record.missing if record.missing is defined else 1 }}", "{{ record.id == 7 }}", "{{ 1 if record.x else 2 }}",
     "{{ 1 if record.missing == 2 else 3 }}", "{{ record.missing.x if record.owner is none else 2 }}",
+    # our own filters, list and dict literals, 'and' / 'or' in conditions
+    "{{ record.missing | default([]) }}", "{{ record.tags | default([]) }}", "{{ record.missing | default({}) }}",
+    "{{ record.stamp | isodate }}", "{{ record | merge({'extra': record.id}) }}", "{{ [record.id, 'x'] }}",
+    "{{ record | without('tags', 'nested') | rename_keys({'name': 'first_name'}) }}",
+    "{{ rows | match_all(record | only('id'), ignore_case=true) if record else [] }}",
+    "{{ {'id': record.id, 'who': record.name} if record.owner or record.name else omit }}",
+    "{{ 1 if record.name and record.missing is defined else 2 }}", "{{ 1 if record.empty or record.zero else 2 }}",
+    "{{ record.name | search_phrase }}", "at {{ record.stamp | isodate }}", "{{ record.tags | as_list }}",
 ]
 FAST_TEMPLATES = FAST_COVERED + [
     # shapes the fast path hands to Jinja: the same answers, or the same errors
@@ -363,6 +371,9 @@ FAST_TEMPLATES = FAST_COVERED + [
     "{{ record.missing | string }}", "{{ nothing.at.all }}",
     "{{ record.missing.deeper | default(1) }}", "{{ record.name | upper }}", "{{ range(2) | list }}",
     "{{ record.__class__ }}", "{{ record.owner is none and body.email is defined }}",
+    "{{ record.missing | isodate }}", "{{ record.name | isodate }}", "{{ record.missing | merge({}) }}",
+    "{{ 1 if record.missing or record.name else 2 }}",
+    "{{ record | merge(record.tags) }}", "{{ record.name | re_sub('a', 'x', 'y') }}",
 ]
 
 

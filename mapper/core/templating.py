@@ -29,7 +29,9 @@ from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, Undefined, UndefinedError, meta, nodes
+from jinja2 import (
+    StrictUndefined, Template, TemplateAssertionError, TemplateError, Undefined, UndefinedError, meta, nodes,
+)
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 
@@ -198,7 +200,8 @@ def _path_plan(node: nodes.Node) -> Plan | None:
 
 
 def _value_plan(node: nodes.Node) -> Plan | None:
-    """A path or constant, with ``default(constant or omit)`` and ``string`` filters applied."""
+    """A path, constant or list/dict literal, with ``default``, ``string`` and our own filters
+    (:data:`~mapper.core.filters.FILTERS`, plain functions of plain values) applied."""
     filters: list[nodes.Filter] = []
     while isinstance(node, nodes.Filter):
         filters.append(node)
@@ -206,26 +209,78 @@ def _value_plan(node: nodes.Node) -> Plan | None:
     if isinstance(node, nodes.Const):
         constant = node.value
         inner: Plan | None = lambda context: constant  # noqa: E731
+    elif isinstance(node, (nodes.List, nodes.Dict)):
+        inner = _literal_plan(node)
     else:
         inner = _path_plan(node)
     if inner is None:
         return None
     plan: Plan = inner
     for flt in reversed(filters):
-        if flt.kwargs or flt.dyn_args or flt.dyn_kwargs:
+        if flt.dyn_args or flt.dyn_kwargs:
             return None
-        if flt.name == "string" and not flt.args:
+        if flt.name == "string" and not flt.args and not flt.kwargs:
             plan = _string(plan)
-        elif flt.name == "default" and len(flt.args) == 1:
+        elif flt.name == "default" and len(flt.args) == 1 and not flt.kwargs:
             arg = flt.args[0]
-            if isinstance(arg, nodes.Const):
-                plan = _default(plan, arg.value, None)
-            elif isinstance(arg, nodes.Name) and arg.name == "omit":
-                plan = _default(plan, OMIT, "omit")
+            if isinstance(arg, nodes.Name) and arg.name == "omit":
+                plan = _default(plan, lambda context: OMIT, "omit")
             else:
+                fallback = _value_plan(arg) if isinstance(arg, (nodes.Const, nodes.List, nodes.Dict)) else None
+                if fallback is None:
+                    return None
+                plan = _default(plan, fallback, None)
+        elif flt.name in FILTERS:
+            args = [_any_value_plan(arg) for arg in flt.args]
+            kwargs = {keyword.key: _any_value_plan(keyword.value) for keyword in flt.kwargs}
+            if any(a is None for a in args) or any(k is None for k in kwargs.values()):
                 return None
+            plan = _filter(plan, FILTERS[flt.name], args, kwargs)  # type: ignore[arg-type]
         else:
             return None
+    return plan
+
+
+def _literal_plan(node: nodes.List | nodes.Dict) -> Plan | None:
+    """``[a, b]`` or ``{'key': a}`` of plain values: built anew at each call, as Jinja does."""
+    if isinstance(node, nodes.List):
+        items = [_any_value_plan(item) for item in node.items]
+        if any(item is None for item in items):
+            return None
+
+        def as_list(context: dict[str, Any]) -> Any:
+            out = [item(context) for item in items]  # type: ignore[misc]
+            return UNKNOWN if any(v is UNKNOWN or v is UNDEFINED for v in out) else out
+
+        return as_list
+    pairs: list[tuple[str, Plan]] = []
+    for pair in node.items:
+        value = _any_value_plan(pair.value)
+        if not isinstance(pair.key, nodes.Const) or type(pair.key.value) is not str or value is None:
+            return None
+        pairs.append((pair.key.value, value))
+
+    def as_dict(context: dict[str, Any]) -> Any:
+        out = {key: value(context) for key, value in pairs}
+        return UNKNOWN if any(v is UNKNOWN or v is UNDEFINED for v in out.values()) else out
+
+    return as_dict
+
+
+def _filter(inner: Plan, function: Callable[..., Any], args: list[Plan], kwargs: dict[str, Plan]) -> Plan:
+    def plan(context: dict[str, Any]) -> Any:
+        value = inner(context)
+        if value is UNKNOWN or value is UNDEFINED:
+            return UNKNOWN  # Jinja decides what a filter of an Undefined gives
+        given = [arg(context) for arg in args]
+        named = {key: arg(context) for key, arg in kwargs.items()}
+        if any(v is UNKNOWN or v is UNDEFINED for v in [*given, *named.values()]):
+            return UNKNOWN
+        try:
+            return function(value, *given, **named)
+        except Exception:  # Jinja runs it again and reports the error in its own words
+            return UNKNOWN
+
     return plan
 
 
@@ -239,13 +294,13 @@ def _string(inner: Plan) -> Plan:
     return plan
 
 
-def _default(inner: Plan, fallback: Any, name: str | None) -> Plan:
+def _default(inner: Plan, fallback: Plan, name: str | None) -> Plan:
     def plan(context: dict[str, Any]) -> Any:
         value = inner(context)
         if value is UNDEFINED:
             if name is not None and name in context:
                 return UNKNOWN  # the scope shadows the global 'omit': let Jinja decide
-            return fallback
+            return fallback(context)
         return value
 
     return plan
@@ -302,7 +357,10 @@ def _compare_plan(node: nodes.Node) -> Plan | None:
 
 
 def _condition_plan(node: nodes.Node) -> Plan | None:
-    """What an ``if`` tests: ``is defined``/``is none``, a comparison, or a plain value's truth."""
+    """What an ``if`` tests: ``is defined``/``is none``, a comparison, a plain value's truth,
+    or ``and`` / ``or`` of those."""
+    if isinstance(node, (nodes.And, nodes.Or)):
+        return _both_plan(node)
     plan = _test_plan(node) or _compare_plan(node)
     if plan is not None:
         return plan
@@ -317,6 +375,21 @@ def _condition_plan(node: nodes.Node) -> Plan | None:
         return bool(result)
 
     return truth
+
+
+def _both_plan(node: nodes.And | nodes.Or) -> Plan | None:
+    left, right = _condition_plan(node.left), _condition_plan(node.right)
+    if left is None or right is None:
+        return None
+    stop_on = not isinstance(node, nodes.And)  # 'or' stops at the first true, 'and' at the first false
+
+    def plan(context: dict[str, Any]) -> Any:
+        first = left(context)
+        if first is UNKNOWN or first == stop_on:
+            return first
+        return right(context)
+
+    return plan
 
 
 def _conditional_plan(node: nodes.Node) -> Plan | None:
@@ -425,13 +498,22 @@ class Expression(Compiled):
     def __init__(self, source: str, expr: str, where: str, env: ImmutableSandboxedEnvironment = ENV) -> None:
         self.source = source
         self.where = where
-        self._fn = env.compile_expression(expr, undefined_to_none=False)
+        self._env = env
+        self._expr = expr
         self._ast = env.parse("{{" + expr + "}}")
+        self._names = _checked_names(self._ast, env)
         self._plan = expression_plan(self._ast)
         # Only a literal list or dict, or a value passed to a filter or call, can hide an
         # Undefined inside the result; checked at load time so that plain paths pay nothing.
         self._may_hold_undefined = any(True for _ in self._ast.find_all(
             (nodes.Dict, nodes.List, nodes.Tuple, nodes.Filter, nodes.Call)))
+        self._fn: Callable[..., Any] | None = None  # Jinja's code, made at first use (see _checked_names)
+
+    def _jinja(self) -> Callable[..., Any]:
+        fn = self._fn
+        if fn is None:  # two threads may both compile it once; both results are the same
+            fn = self._fn = self._env.compile_expression(self._expr, undefined_to_none=False)
+        return fn
 
     def evaluate(self, context: dict[str, Any]) -> Any:
         if self._plan is not None:
@@ -439,7 +521,7 @@ class Expression(Compiled):
             if value is not UNKNOWN and value is not UNDEFINED:  # Jinja raises for an Undefined
                 return value
         try:
-            value = self._fn(**context)
+            value = self._jinja()(**context)
             if isinstance(value, Undefined):
                 value._fail_with_undefined_error()
             if self._may_hold_undefined and isinstance(value, (dict, list)):
@@ -451,7 +533,7 @@ class Expression(Compiled):
         return value
 
     def names(self) -> set[str]:
-        return set(meta.find_undeclared_variables(self._ast))
+        return set(self._names)
 
     @property
     def ast(self) -> nodes.Template:
@@ -464,9 +546,17 @@ class Text(Compiled):
     def __init__(self, source: str, where: str, env: ImmutableSandboxedEnvironment = ENV) -> None:
         self.source = source
         self.where = where
-        self._template = env.from_string(source)
+        self._env = env
         self._ast = env.parse(source)
+        self._names = _checked_names(self._ast, env)
         self._plan = text_plan(self._ast, env.finalize)
+        self._compiled: Template | None = None  # Jinja's code, made at first use (see _checked_names)
+
+    def _jinja(self) -> Template:
+        template = self._compiled
+        if template is None:  # two threads may both compile it once; both results are the same
+            template = self._compiled = self._env.from_string(self.source)
+        return template
 
     def evaluate(self, context: dict[str, Any]) -> Any:
         if self._plan is not None:
@@ -477,18 +567,36 @@ class Text(Compiled):
             if value is not UNKNOWN:
                 return value
         try:
-            return self._template.render(context)
+            return self._jinja().render(context)
         except MapperError:
             raise
         except Exception as exc:  # filters may raise anything (re.error, OSError...): name the place
             raise _runtime_error(self.where, exc) from exc
 
     def names(self) -> set[str]:
-        return set(meta.find_undeclared_variables(self._ast))
+        return set(self._names)
 
     @property
     def ast(self) -> nodes.Template:
         return self._ast
+
+
+def _checked_names(ast: nodes.Template, env: ImmutableSandboxedEnvironment) -> frozenset[str]:
+    """The context names a template reads. Finding them runs Jinja's code generator over the
+    template, which is also what refuses an unknown filter or test, so every template is
+    checked at load time. Compiling the generated code into Python, which cost as much again
+    and made start-up slow, waits for the first value no fast path renders: once per process
+    and template, and for most leaves never."""
+    if all(isinstance(node, nodes.Output) for node in ast.body):
+        # Text and expressions only (nearly every leaf): nothing binds a name, so the names read
+        # are the Name nodes, and the only check the code generator would make is the one here.
+        for node in ast.find_all((nodes.Filter, nodes.Test)):
+            kind, known = ("filter", env.filters) if isinstance(node, nodes.Filter) else ("test", env.tests)
+            if node.name not in known:
+                raise TemplateAssertionError(f"No {kind} named {node.name!r}.", node.lineno, None, None)
+        return frozenset(node.name for node in ast.find_all(nodes.Name)
+                         if node.ctx == "load" and node.name not in env.globals)  # as Jinja's meta does
+    return frozenset(meta.find_undeclared_variables(ast))
 
 
 @dataclass

@@ -35,6 +35,7 @@ from urllib3.util.retry import Retry
 from ..errors import MappingRuntimeError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from . import context
 from .budget import Deadline
+from .transport import Transport
 from .watchdog import POOL_CLASSES, watching
 
 log = logging.getLogger("mapper.upstream")
@@ -160,6 +161,7 @@ class Client:
         adapter = WatchedAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+        self.transport = Transport(self.session)  # no per-call environment lookups (see transport.py)
 
     def close(self) -> None:
         self.session.close()
@@ -260,7 +262,7 @@ class Client:
             kwargs["data"] = outbound.form
         with watching(allowed) as watch:
             try:
-                response = self.session.request(outbound.method, outbound.url, **kwargs)
+                response = self.transport.request(outbound.method, outbound.url, **kwargs)
                 try:
                     raw = self._read_body(response, outbound)
                 finally:

@@ -139,11 +139,14 @@ def latest() -> Runtime | None:
 
 def after_fork(runtime: Runtime) -> None:
     """In a worker forked from the process that loaded the files (gunicorn with the app
-    built before the fork): re-read them now, since they may have been reloaded since.
-    A broken file keeps the copy inherited from the parent, reported as a refused reload."""
+    built before the fork): load them again if they changed since (other workers may have
+    reloaded them); as they were, the inherited copy is served, and the worker answers at
+    once instead of paying the start-up's compilation twice. A broken file keeps the copy
+    inherited from the parent, reported as a refused reload."""
     if runtime.pid != os.getpid():
         runtime.pid = os.getpid()
-        runtime.reload()
+        if not runtime.current.same_on_disk():
+            runtime.reload()
 
 
 def install_sighup(runtime: Runtime, on_done: Callable[[ReloadResult], None] | None = None) -> None:

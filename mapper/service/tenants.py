@@ -232,6 +232,16 @@ class TenantSet:
         raise Unauthorized("No CRM is configured on this server for this request's x-sf-company-id / "
                            "x-sf-initiative headers; ask the operator to add the company to the tenant file.")
 
+    def same_on_disk(self) -> bool:
+        """True when every file still holds the text this set was built from: a worker forked
+        from the process that built it then serves it as it is, without loading it again."""
+        if not self.texts:
+            return False
+        try:
+            return all(read_text(path, None) == text for path, text in self.texts.items())
+        except ConfigError:  # a file gone or unreadable: the loader will say what is wrong
+            return False
+
     @property
     def secret_values(self) -> list[str]:
         values = list(self.khoros_tokens)
