@@ -30,7 +30,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import (
-    StrictUndefined, Template, TemplateAssertionError, TemplateError, Undefined, UndefinedError, meta, nodes,
+    StrictUndefined,
+    Template,
+    TemplateAssertionError,
+    TemplateError,
+    Undefined,
+    UndefinedError,
+    meta,
+    nodes,
 )
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
