@@ -28,7 +28,7 @@ from jsonpath_ng.exceptions import JsonPathLexerError, JsonPathParserError
 from jsonpath_ng.ext.parser import ExtendedJsonPathParser
 
 from ..errors import ConfigError, Problem
-from . import PROJECT_ROOT
+from . import SCHEMA_DIR
 from .auth import SIGNERS
 from .khoros import BESTMATCH_FIELDS, CASE_WRITE_EXTRA, OPERATIONS, Operation
 from .model import Field, ObjectModel
@@ -60,8 +60,7 @@ from .templating import (
     iter_templates,
 )
 
-SCHEMA_PATH = os.path.join(PROJECT_ROOT,
-                           "schemas", "mapping.schema.json")
+SCHEMA_PATH = os.path.join(SCHEMA_DIR, "mapping.schema.json")
 with open(SCHEMA_PATH, encoding="utf-8") as _handle:
     MAPPING_SCHEMA = json.load(_handle)
 _VALIDATOR = jsonschema.Draft202012Validator(MAPPING_SCHEMA)

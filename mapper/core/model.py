@@ -20,7 +20,7 @@ from typing import Any
 import jsonschema
 
 from ..errors import BadRequest, FieldError, ValidationFailed
-from . import PROJECT_ROOT
+from . import SCHEMA_DIR
 from .limits import unknown_keys_phrase
 
 # The Khoros field types and the JSON type each carries on the wire.
@@ -56,7 +56,6 @@ FORMATS: dict[str, tuple[Callable[[str], bool], str]] = {
     "email": (lambda v: bool(_EMAIL.match(v)), "is not an email address"),
 }
 
-SCHEMA_DIR = os.path.join(PROJECT_ROOT, "schemas")
 
 
 def _load_schema(name: str) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
-from ..core import PROJECT_ROOT
+from ..core import SCHEMA_DIR
 from ..core.compiler import compile_document, schema_problems
 from ..core.engine import DEFAULT_POOL_SIZE, Engine
 from ..core.source import SourceDocument, load_source
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mapper.tenants")
 
-SCHEMA_PATH = os.path.join(PROJECT_ROOT, "schemas", "server.schema.json")
+SCHEMA_PATH = os.path.join(SCHEMA_DIR, "server.schema.json")
 with open(SCHEMA_PATH, encoding="utf-8") as _handle:
     SERVER_SCHEMA = json.load(_handle)
 _VALIDATOR = jsonschema.Draft202012Validator(SERVER_SCHEMA)
