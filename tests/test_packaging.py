@@ -25,11 +25,16 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     """A new venv with crm-mapper installed from a built wheel, and its environment."""
+    wheels = tmp_path_factory.mktemp("wheels")
     venv = tmp_path_factory.mktemp("wheel-venv")
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    # Built here, installed by the new venv's own pip: pip installing into another prefix
+    # would first uninstall this environment's (editable) copy.
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(ROOT)],
+                   check=True, cwd=wheels, timeout=300)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--prefix", str(venv),
-                    "--no-warn-script-location", str(ROOT)], check=True, cwd=venv, timeout=300)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                    *map(str, wheels.glob("*.whl"))], check=True, cwd=venv, timeout=300)
     env = {**os.environ, "PYTHONPATH": sysconfig.get_path("purelib")}
     return python, venv, env
 
