@@ -10,6 +10,7 @@ that is not the checkout, so nothing can be read from the source tree.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -29,7 +30,11 @@ def installed(tmp_path_factory):
     venv = tmp_path_factory.mktemp("wheel-venv")
     # Built here, installed by the new venv's own pip: pip installing into another prefix
     # would first uninstall this environment's (editable) copy.
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(ROOT)],
+    # From a copy: setuptools builds in the source folder and would leave build/ in the checkout.
+    source = tmp_path_factory.mktemp("source") / "crm-mapper"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", "build", "*.egg-info", "__pycache__", "node_modules", ".cache", "test-artifacts", ".*_cache"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(source)],
                    check=True, cwd=wheels, timeout=300)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
