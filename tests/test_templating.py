@@ -454,3 +454,28 @@ def test_a_missing_key_inside_a_built_structure_is_a_missing_value_not_an_undefi
     assert caught.value.code == "crm_error"
     assert "m.yaml:9 shapes.case" in caught.value.message
     assert "has no attribute 'owner'" in caught.value.message
+
+
+# --- dig: a safe path lookup ---------------------------------------------------
+
+GRAPHQL_ERROR = {"errors": [{"message": "taken", "extensions": {"code": "DUPLICATE"}}]}
+
+
+@pytest.mark.parametrize(("template", "response", "expected"), [
+    ("{{ response | dig('errors', 0, 'extensions', 'code') }}", GRAPHQL_ERROR, "DUPLICATE"),
+    ("{{ response | dig('errors', -1, 'message') }}", GRAPHQL_ERROR, "taken"),
+    ("{{ response | dig('errors', 1, 'extensions', 'code') }}", GRAPHQL_ERROR, None),
+    ("{{ response | dig('errors', 0, 'nope', 'code') }}", GRAPHQL_ERROR, None),
+    ("{{ response | dig('errors', 0, 'extensions', 'code') }}", "<html>Bad gateway</html>", None),
+    ("{{ response | dig('errors', 0) }}", None, None),
+    ("{{ response | dig('errors', '0') }}", GRAPHQL_ERROR, None),
+    ("{{ response | dig('errors', 0, 'extensions', 'code', default='NONE') }}", {"errors": []}, "NONE"),
+    ("{{ response | dig('errors', 0, 'x', default=[]) }}", {"errors": [{"x": None}]}, []),
+])
+def test_dig_follows_keys_and_positions_and_gives_none_or_the_default_when_any_part_is_missing(
+        template, response, expected):
+    assert ev(template, response=response) == expected
+
+
+def test_dig_on_an_undefined_value_gives_the_default_instead_of_failing():
+    assert ev("{{ missing.deeper | dig('a', default='-') }}", missing={}) == "-"

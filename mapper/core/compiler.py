@@ -30,6 +30,8 @@ from jsonpath_ng.ext.parser import ExtendedJsonPathParser
 from ..errors import ConfigError, Problem
 from . import SCHEMA_DIR
 from .auth import SIGNERS
+from .definitions import expand_definitions
+from .identity import IdentityRules, known_region
 from .khoros import BESTMATCH_FIELDS, CASE_WRITE_EXTRA, OPERATIONS, Operation
 from .model import Field, ObjectModel
 from .pipeline import (
@@ -57,6 +59,7 @@ from .templating import (
     TemplateCompileError,
     Text,
     compile_value,
+    environments,
     iter_templates,
 )
 
@@ -161,6 +164,7 @@ class Compiler:
         self.setting_names: set[str] = set()
         self.secret_names: set[str] = set()
         self.auth_extra_names: set[str] = set()
+        self.env, self.path_env = ENV, PATH_ENV  # per mapping once its identity: section is read
 
     # -- helpers ---------------------------------------------------------
 
@@ -175,7 +179,7 @@ class Compiler:
         """Compile a value tree and check every name it reads."""
         try:
             compiled = compile_value(raw, f"{self.doc.file}:{self.doc.line_of(path)} {dotted(path)}",
-                                     env=PATH_ENV if path_env else ENV)
+                                     env=self.path_env if path_env else self.env)
         except TemplateCompileError as exc:
             self.problem(path + exc.path, exc.message)
             return Literal(None)
@@ -360,10 +364,13 @@ class Compiler:
                 self.check_todos(item, path + (index,))
 
     def compile(self) -> CompiledMapping | None:
+        self.doc, problems = expand_definitions(self.doc)
+        self.problems += problems
         self.check_todos(self.doc.data)
-        if not self.check_schema():
+        if problems or not self.check_schema():  # a missing definition would only add follow-on noise
             return None
         data = self.doc.data
+        self.env, self.path_env = environments(self._identity(data.get("identity", {})))
         settings = [self._setting(name, spec) for name, spec in data.get("settings", {}).items()]
         secrets = [Setting(name, spec["env"], None, bool(spec.get("optional", False)))
                    for name, spec in data.get("secrets", {}).items()]
@@ -430,6 +437,23 @@ class Compiler:
                     ("model", kind, "fields", index),
                     f"no create or update of a {kind} writes '{field_.name}' (no step reads body.{field_.name}), "
                     "so what an agent enters there is dropped; write it in a request, or mark it readonly: true"))
+
+    def _identity(self, spec: dict[str, Any]) -> IdentityRules:
+        """The ``identity:`` section: the phone region and where records keep each identifier."""
+        def paths(key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+            value = spec.get(key)
+            if value is None:
+                return default
+            return tuple(value) if isinstance(value, list) else (value,)
+
+        region = spec.get("region")
+        if region is not None and not known_region(str(region)):
+            self.problem(("identity", "region"), f"'{region}' is not a region phone numbers know; use a "
+                                                 "two-letter country code such as US, GB or DE")
+        defaults = IdentityRules()
+        return IdentityRules(region=str(region).upper() if region else None, id=str(spec.get("id", defaults.id)),
+                             email=paths("email", defaults.email), phone=paths("phone", defaults.phone),
+                             handle=paths("handle", defaults.handle), name=paths("name", defaults.name))
 
     def _setting(self, name: str, spec: Any) -> Setting:
         if isinstance(spec, dict):

@@ -16,6 +16,11 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
+from jinja2 import Undefined, pass_environment
+from jinja2.environment import Environment
+
+from . import identity
+
 
 def _merge(left: Any, *others: Any) -> dict[str, Any]:
     """``a | merge(b)``: a new dict with b's keys over a's (inputs untouched)."""
@@ -224,7 +229,59 @@ def _explode(items: Any, key: str) -> list[Any]:
         out.extend({**item, key: value} for value in values)
     return out
 
+
+def _dig(value: Any, *keys: Any, default: Any = None) -> Any:
+    """``response | dig('errors', 0, 'extensions', 'code')``: the value at this path of keys
+    and list positions, or ``default`` (none) as soon as any part is missing or of another
+    type, where a chain of ``is defined and ...`` guards would be needed otherwise."""
+    for key in keys:
+        in_dict = isinstance(value, dict) and key in value
+        in_list = isinstance(value, list) and type(key) is int and -len(value) <= key < len(value)
+        if not (in_dict or in_list):
+            return default
+        value = value[key]
+    return default if value is None or isinstance(value, Undefined) else value
+
+
+def _rules(env: Environment) -> identity.IdentityRules:
+    """The mapping's ``identity:`` section, which the compiler puts on its environment."""
+    rules = getattr(env, "identity", None)
+    return rules if isinstance(rules, identity.IdentityRules) else identity.DEFAULT_RULES
+
+
+@pass_environment
+def _e164(env: Environment, value: Any, region: str | None = None) -> str | None:
+    """``'(555) 146-9907' | e164`` -> ``'+15551469907'`` (none when not a phone number)."""
+    return identity.e164(value, region or _rules(env).region)
+
+
+@pass_environment
+def _phone_forms(env: Environment, value: Any, region: str | None = None) -> list[str]:
+    """``number | phone_forms``: the spellings to search an exact-match CRM with."""
+    return identity.phone_forms(value, region or _rules(env).region)
+
+
+@pass_environment
+def _phone_key(env: Environment, value: Any, region: str | None = None) -> str | None:
+    """``a | phone_key == b | phone_key``: phone numbers compared in E.164."""
+    return identity.phone_key(value, region or _rules(env).region)
+
+
+@pass_environment
+def _rank_matches(env: Environment, candidates: Any, body: Any) -> list[Any]:
+    """``found | rank_matches(body)``: best-match candidates ranked, without duplicates."""
+    return identity.rank_matches(candidates, body, _rules(env))
+
+
 FILTERS: dict[str, Callable[..., Any]] = {
+    "dig": _dig,
+    "e164": _e164,
+    "phone_forms": _phone_forms,
+    "phone_key": _phone_key,
+    "email_key": identity.email_key,
+    "handle_key": identity.handle_key,
+    "name_key": identity.name_key,
+    "rank_matches": _rank_matches,
     "merge": _merge,
     "re_sub": _re_sub,
     "match_all": _match_all,
