@@ -64,6 +64,25 @@ def world(khoros: KhorosClient, data: dict[str, Any]) -> dict[str, Any]:
     return {"customer": customer.body, "decoy": decoy.body, "case": case.body, "interactions": interactions}
 
 
+STORED_PHONE = "+15551469907"
+NAME_FIELDS = ("name", "firstName", "lastName")  # changed too, so that the twins never match by name
+
+
+@pytest.fixture(scope="module")
+def phone_twins(khoros: KhorosClient, data: dict[str, Any]) -> dict[str, Any]:
+    """The scenario's customer again (another email), with its phone stored in E.164, and one
+    whose number differs in the last digit: best match must tell them apart by number."""
+    def twin(prefix: str, phone: str) -> dict[str, Any]:
+        body = {k: (prefix + v if isinstance(v, str) and ("@" in v or k in NAME_FIELDS) else v)
+                for k, v in data["customer"].items()}
+        body["phone"] = phone
+        answer = khoros.create_customer(body)
+        assert answer.status == 201, answer.body
+        return answer.body
+
+    return {"stored": twin("tel.", STORED_PHONE), "other": twin("other.", STORED_PHONE[:-1] + "8")}
+
+
 def assert_interactions_equal(got: list[dict[str, Any]], sent: list[dict[str, Any]]) -> None:
     by_id = {item["serviceId"]: item for item in got}
     for item in sent:
@@ -131,6 +150,16 @@ class TestCustomers:
             assert answer.status == 200, answer.body
             assert answer.body and answer.body[0]["id"] == world["customer"]["id"], body
             assert world["decoy"]["id"] not in [c["id"] for c in answer.body], body
+
+    @pytest.mark.parametrize("typed", ["(555) 146-9907", "555-146-9907", "+1 555 146 9907"])
+    def test_best_match_finds_a_phone_number_however_it_is_written(self, khoros: KhorosClient,
+                                                                    phone_twins: dict[str, Any], typed: str) -> None:
+        answer = khoros.best_match({"phoneNumbers": [typed]})
+        assert answer.status == 200, answer.body
+        ids = [c["id"] for c in answer.body]
+        assert phone_twins["stored"]["id"] in ids, typed
+        assert phone_twins["other"]["id"] not in ids, typed
+        assert len(ids) == len(set(ids)), "a customer is listed twice"
 
     def test_best_match_with_nothing_known_is_an_empty_list(self, khoros: KhorosClient, data: dict[str, Any]) -> None:
         answer = khoros.best_match({"screenName": f"ghost{data['unique']}", "displayName": "Ghost"})

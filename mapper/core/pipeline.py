@@ -347,7 +347,11 @@ class RequestStep(Step):
             outbound.headers.update({k: str(v) for k, v in spec.headers.evaluate(scope).items()
                                      if v is not None and v is not OMIT})  # none: no header, not "None"
         if spec.query is not None:
-            for key, value in spec.query.evaluate(scope).items():
+            query = spec.query.evaluate(scope)
+            if not isinstance(query, dict):  # "{{ body | only(...) }}" must give a map
+                raise MappingRuntimeError(f"The query of step '{self.name}' ({self.where}) gave "
+                                          f"{type(query).__name__}, not a map of parameters.")
+            for key, value in query.items():
                 for item in value if isinstance(value, list) else [value]:
                     if item is None or item is OMIT:
                         continue
