@@ -14,7 +14,7 @@ import pytest
 from mapper.core.pipeline import Where
 from mapper.core.shaping import Shaper
 from mapper.core.templating import compile_value
-from mapper.errors import MappingRuntimeError
+from mapper.errors import MappingRuntimeError, MissingValue
 
 WHERE = Where("m.yaml", 40, "shapes.case")
 
@@ -143,6 +143,24 @@ def test_a_shape_that_misses_shows_the_keys_the_record_has() -> None:
     assert "'dict object' has no attribute 'id'" in message
     assert message.endswith("the record has keys ['data'].")
     assert "jane@example.com" not in message  # keys only: values may be personal data
+
+
+def test_a_one_expression_shape_failing_on_a_record_that_is_not_an_object_is_the_crms_broken_answer() -> None:
+    whole = compile_value("{{ record | only('email') | merge({'id': record.id | string, "
+                          "'uri': 'https://crm/people/' ~ record.id}) }}", "m.yaml:40 shapes.customer")
+    shape = Shaper("customer", whole, Where("m.yaml", 40, "shapes.customer"))
+    assert shape.one({"id": 7}, {})["uri"] == "https://crm/people/7"
+    with pytest.raises(MissingValue) as caught:
+        shape.one([{"id": 7}], {})
+    assert caught.value.code == "crm_error"
+    assert caught.value.message.endswith("the record is a list of 1 item(s), not an object.")
+
+
+def test_a_shape_failing_on_an_object_record_stays_a_mapping_error() -> None:
+    shape = Shaper("customer", compile_value("{{ record | only('id') | merge(record.id) }}", "w"), WHERE)
+    with pytest.raises(MappingRuntimeError) as caught:
+        shape.one({"id": 7}, {})
+    assert caught.value.code == "mapping_error"
 
 
 @pytest.mark.parametrize("link", ["javascript:alert(1)", "JavaScript:alert(1)", "data:text/html,<b>x</b>",

@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..errors import MappingRuntimeError
+from ..errors import MappingRuntimeError, MissingValue
 from .khoros import CASE_STATUSES
 from .pipeline import Where, describe_keys
 from .templating import Compiled
@@ -76,8 +76,11 @@ class Shaper:
         try:
             raw = self.shape.evaluate({**scope, "record": record})
         except MappingRuntimeError as exc:
-            raise type(exc)(f"{exc.message.rstrip('.')}; {describe_keys('record', record)}.",
-                                      internal=exc.internal) from exc
+            # A record that is not an object at all (a list, an envelope's text) is the CRM's
+            # broken answer, whatever the shape tripped over: crm_error, like a missing key.
+            kind = type(exc) if isinstance(record, dict) else MissingValue
+            raise kind(f"{exc.message.rstrip('.')}; {describe_keys('record', record)}.",
+                       internal=exc.internal) from exc
         if not isinstance(raw, dict):
             raise self._fail(f"gave {type(raw).__name__}, not an object")
         obj = {key: value for key, value in raw.items() if _populated(value) or key == "interactions"}
