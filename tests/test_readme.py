@@ -314,7 +314,9 @@ def test_the_workbench_from_init_to_replay(demo_env: dict[str, str], tmp_path: P
     best_match, get_case = commands(stages[1])
     done = readme.shell(best_match, env, cwd=str(tmp_path))
     assert done.returncode == 0, done.stderr
-    assert "settled on strategy" in done.stdout and '"email": "jane@example.com"' in done.stdout.split("answer 200:")[1]
+    assert "- step 'by email' (mappings/my-crm.yaml:" in done.stdout  # every step is shown, the skipped too
+    assert "skipped: its 'when' is false" in done.stdout
+    assert '"email": "jane@example.com"' in done.stdout.split("answer 200:")[1]
     done = readme.shell(get_case, env, cwd=str(tmp_path))
     assert "answer 404 not_found: No case 42" in done.stdout  # the demo has no case 42: an error is recorded too
     assert done.returncode == 1 and list((tmp_path / "recordings" / "my-crm").iterdir())

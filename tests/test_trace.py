@@ -85,8 +85,43 @@ def test_every_operation_of_the_demo_prints_a_full_trace(mapper_run) -> None:
         assert re.search(r"  < 20\d in \d+ ms: ", result.output), operation
         assert re.search(r"^answer 20[01]:$", result.output, re.M), operation
     best = mapper_run(*["best_match"], *runs["best_match"]).output
-    assert "strategy 'by email' passed over: its 'when' is false" in best
-    assert "= 'best match' settled on strategy 'by phone'" in best
+    assert re.search(r"^\s*- step 'by email' \(\S+demo\.yaml:\d+\) skipped: its 'when' is false$", best, re.M)
+    assert "/customers?phone=+15551469907" in best  # the number in each spelling the CRM may hold
+    assert "/customers?phone=(555) 146-9907" in best
+
+
+FALLBACK = """  best_match:
+    steps:
+      - set: {matches: []}
+      - name: best match
+        first:
+          - name: by email
+            when: "{{ body.email is defined }}"
+            steps:
+              - request: {method: GET, path: /customers, query: {email: "{{ body.email }}"}}
+                extract: {matches: {path: "$.items[*]", many: true}}
+          - name: by phone
+            steps:
+              - request: {method: GET, path: /customers, query: {phone: "{{ body.phoneNumbers[0] | e164 }}"}}
+                extract: {matches: {path: "$.items[*]", many: true}}
+        until: "{{ matches | length > 0 }}"
+    result: "{{ matches }}"
+
+"""
+
+
+def test_the_trace_shows_the_strategy_a_first_settled_on(mapper_run, tmp_path) -> None:
+    with open(DEMO, encoding="utf-8") as handle:
+        text = handle.read()
+    start, end = text.index("  best_match:\n"), text.index("  get_customer:\n")
+    mapping = tmp_path / "demo-fallback.yaml"
+    mapping.write_text(text[:start] + FALLBACK + text[end:])
+    created = mapper_run("create_customer", "--body", json.dumps({"lastName": "First", "phone": "+15551469906"}))
+    assert created.exit_code == 0, created.output
+    best = mapper_run("best_match", "--body", json.dumps({"phoneNumbers": ["(555) 146-9906"]}), mapping=str(mapping))
+    assert best.exit_code == 0, best.output
+    assert "strategy 'by email' passed over: its 'when' is false" in best.output
+    assert "= 'best match' settled on strategy 'by phone'" in best.output
 
 
 def test_an_error_shows_the_step_the_crm_answer_and_the_khoros_error(mapper_run) -> None:
