@@ -205,7 +205,8 @@ class TestSearch:
         [search] = since(state, start, "POST", "/crm/v3/objects/contacts/search")
         assert search.json["filterGroups"] == [
             {"filters": [{"propertyName": "email", "operator": "EQ", "value": f"nobody.{tag}@example.com"}]},
-            {"filters": [{"propertyName": "phone", "operator": "EQ", "value": f"+44 {tag}"}]},
+            # every spelling of each number in one IN (here only the one given: it is not a number)
+            {"filters": [{"propertyName": "phone", "operator": "IN", "values": [f"+44 {tag}"]}]},
             {"filters": [{"propertyName": "twitterhandle", "operator": "IN",
                           "values": [f"jane{tag}", f"@jane{tag}"]}]},
             {"filters": [{"propertyName": "firstname", "operator": "EQ", "value": "Jane Marie"},
