@@ -126,13 +126,14 @@ def test_a_best_match_value_reaches_soql_as_one_escaped_literal(khoros: KhorosCl
     assert answer.status == 200, answer.body
     assert answer.body == []
     queries = [r.soql for r in since(fake, mark) if r.soql is not None]
-    assert len(queries) == 3  # email, then phones, then name: every strategy ran and found nothing
-    email, phones, name = (q.where for q in queries)
+    assert len(queries) == 1  # one query ORs every identifier, and found nobody
+    where = queries[0].where
+    assert isinstance(where, Logical) and where.op == "OR"  # nothing from the value became SOQL syntax
+    email, phone, mobile, name = where.parts
     assert isinstance(email, Comparison) and email.field == "Email" and email.value.value == hostile  # type: ignore[union-attr]
     assert isinstance(name, Comparison) and name.field == "Name" and name.value.value == hostile  # type: ignore[union-attr]
-    assert isinstance(phones, Logical) and phones.op == "OR"
-    for part in phones.parts:
-        assert isinstance(part, Comparison) and part.op == "IN"
+    for part, field in ((phone, "Phone"), (mobile, "MobilePhone")):
+        assert isinstance(part, Comparison) and part.op == "IN" and part.field == field
         assert [item.value for item in part.value] == [hostile]  # type: ignore[union-attr]
 
 
