@@ -179,7 +179,7 @@ def test_a_best_match_email_cannot_add_conditions(khoros: KhorosClient, dynamics
 
     assert answer.body == []
     (_, text, tree) = dynamics.filters[mark]
-    assert text == "emailaddress1 eq '" + email.replace("'", "''") + "' and statecode eq 0"
+    assert text == "(emailaddress1 eq '" + email.replace("'", "''") + "') and statecode eq 0"
     assert comparisons(tree) == [Comparison("emailaddress1", "eq", email), Comparison("statecode", "eq", 0)]
 
 
