@@ -798,3 +798,23 @@ def test_the_documented_many_extractions_behave_as_documented(run):
     assert scope["found"] == [{"id": 1}]
     assert scope["tags"] == []  # missing: the default
     assert scope["values"] == ["a", "b"]  # an object's values, as lenient allows
+
+
+def test_a_query_can_be_one_expression_giving_a_map(run, state):
+    scope = run("""
+        - request: {method: GET, path: /people, query: "{{ {'handle': 'joe'} | merge({'email': 'joe@example.com'}) }}"}
+          extract: {found: {path: "$[*].id", many: true}}
+        """)
+    assert scope["found"] == [2]
+    assert state.requests == ["GET /people?handle=joe&email=joe%40example.com"]
+
+
+def test_a_query_expression_that_gives_no_map_names_the_step_and_its_line(run, state):
+    with pytest.raises(MappingRuntimeError) as caught:
+        run("""
+            - name: search people
+              request: {method: GET, path: /people, query: "{{ ['handle', 'joe'] }}"}
+            """)
+    assert "The query of step 'search people' (t.yaml:" in caught.value.message
+    assert "gave list, not a map of parameters" in caught.value.message
+    assert state.requests == []
