@@ -374,6 +374,8 @@ FAST_TEMPLATES = FAST_COVERED + [
     "{{ record.missing | isodate }}", "{{ record.name | isodate }}", "{{ record.missing | merge({}) }}",
     "{{ 1 if record.missing or record.name else 2 }}",
     "{{ record | merge(record.tags) }}", "{{ record.name | re_sub('a', 'x', 'y') }}",
+    "{{ '020 7946 0018' | e164('GB') }}",
+    "{{ [record.nested] | rank_matches(body) }}",
 ]
 
 

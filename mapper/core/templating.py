@@ -251,7 +251,9 @@ def _value_plan(node: nodes.Node) -> Plan | None:
                 if fallback is None:
                     return None
                 plan = _default(plan, fallback, None)
-        elif flt.name in FILTERS:
+        elif flt.name in FILTERS and not hasattr(FILTERS[flt.name], "jinja_pass_arg"):
+            # (a filter marked pass_environment, such as e164, reads the mapping's identity
+            # rules from its environment, which only Jinja hands it)
             args = [_any_value_plan(arg) for arg in flt.args]
             kwargs = {keyword.key: _any_value_plan(keyword.value) for keyword in flt.kwargs}
             if any(a is None for a in args) or any(k is None for k in kwargs.values()):
