@@ -363,6 +363,9 @@ FAST_COVERED = [
     "{{ {'id': record.id, 'who': record.name} if record.owner or record.name else omit }}",
     "{{ 1 if record.name and record.missing is defined else 2 }}", "{{ 1 if record.empty or record.zero else 2 }}",
     "{{ record.name | search_phrase }}", "at {{ record.stamp | isodate }}", "{{ record.tags | as_list }}",
+    # a one-expression shape: '~' inside a dict literal
+    "{{ record | only('name') | merge({'id': record.id | string, 'uri': settings.base_url ~ '/c/' ~ record.id}) }}",
+    "{{ [record.name ~ '!', record.owner ~ ''] }}",
 ]
 FAST_TEMPLATES = FAST_COVERED + [
     # shapes the fast path hands to Jinja: the same answers, or the same errors
@@ -374,7 +377,7 @@ FAST_TEMPLATES = FAST_COVERED + [
     "{{ record.missing | isodate }}", "{{ record.name | isodate }}", "{{ record.missing | merge({}) }}",
     "{{ 1 if record.missing or record.name else 2 }}",
     "{{ record | merge(record.tags) }}", "{{ record.name | re_sub('a', 'x', 'y') }}",
-    "{{ '020 7946 0018' | e164('GB') }}",
+    "{{ {'uri': settings.base_url ~ record.missing} }}", "{{ '020 7946 0018' | e164('GB') }}",
     "{{ [record.nested] | rank_matches(body) }}",
 ]
 

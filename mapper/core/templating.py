@@ -435,7 +435,8 @@ def _conditional_plan(node: nodes.Node) -> Plan | None:
 def _any_value_plan(node: nodes.Node) -> Plan | None:
     if isinstance(node, nodes.Name) and node.name == "omit":
         return lambda context: UNKNOWN if "omit" in context else OMIT
-    return _value_plan(node)
+    # a ~ b inside a literal or an argument: one-expression shapes build their links so
+    return _value_plan(node) or _concat_plan(node, None)
 
 
 def expression_plan(template: nodes.Template) -> Plan | None:
