@@ -14,7 +14,7 @@ Routes (ids are strings of digits, in paths and bodies alike)::
     POST  /customers             -> 201 customer
     GET   /customers/<id>        -> 200 customer
     PATCH /customers/<id>        -> 200 customer
-    GET   /cases                 ?customer_id= ?status= ?limit= ?offset=
+    GET   /cases                 ?customer_id= ?status= ?external_id= ?limit= ?offset=
     POST  /cases                 -> 201 case
     GET   /cases/<id>            -> 200 case
     PATCH /cases/<id>            -> 200 case
@@ -202,6 +202,7 @@ CASES = Resource(
         "description": Field(text(10_000)),
         "status": Field(choice("open", "pending", "closed"), default="open"),
         "priority": Field(choice("low", "normal", "high"), default="normal"),
+        "external_id": Field(text(200)),  # the caller's own key, to find a case it may have created
     },
     read_only=("id", "created_at", "updated_at"),
     id_columns=("id", "customer_id"),
@@ -240,7 +241,7 @@ SCHEMA = (
         customer_id INTEGER NOT NULL REFERENCES customers(id),
         subject TEXT NOT NULL, description TEXT,
         status TEXT NOT NULL, priority TEXT NOT NULL,
-        created_at TEXT NOT NULL, updated_at TEXT NOT NULL)""",
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL, external_id TEXT)""",
     """CREATE TABLE IF NOT EXISTS notes (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         case_id INTEGER NOT NULL REFERENCES cases(id),
@@ -249,6 +250,7 @@ SCHEMA = (
         author_handle TEXT, author_id TEXT,
         brand_owned INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS cases_by_customer ON cases (customer_id)",
+    "CREATE INDEX IF NOT EXISTS cases_by_external_id ON cases (external_id)",
     "CREATE INDEX IF NOT EXISTS notes_by_case ON notes (case_id, posted_at)",
 )
 
@@ -327,7 +329,12 @@ def init_db(path: str) -> None:
         with write_txn(conn):
             exists = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'customers'"
             fresh = conn.execute(exists).fetchone() is None
-            for statement in SCHEMA:
+            for statement in SCHEMA[:3]:
+                conn.execute(statement)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(cases)")}
+            if "external_id" not in columns:  # a database made before cases had it
+                conn.execute("ALTER TABLE cases ADD COLUMN external_id TEXT")
+            for statement in SCHEMA[3:]:
                 conn.execute(statement)
             if fresh:
                 seed(conn)
@@ -522,8 +529,11 @@ def patch_customer(ident: str) -> Any:
 
 @api.get("/cases")
 def list_cases() -> Any:
-    args = query(("customer_id", "status", "limit", "offset"))
+    args = query(("customer_id", "status", "external_id", "limit", "offset"))
     where, params, errors = [], [], {}
+    if "external_id" in args:
+        where.append("external_id = ?")
+        params.append(args["external_id"])
     for name, parse in (("customer_id", record_id), ("status", CASES.fields["status"].parse)):
         if name in args:
             try:

@@ -191,7 +191,8 @@ class UpstreamError(ServerError):
     code = "crm_error"
     # Set by the HTTP client on transport failures that another attempt might not meet:
     # the cause (as urllib3's retry policy classifies it), and whether the request
-    # provably never left (a refused connection), which makes even a write safe to resend.
+    # provably never left (the connection was refused or never opened), which makes
+    # even a write safe to send again.
     transient: Exception | None = None
     nothing_sent: bool = False
 

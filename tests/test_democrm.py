@@ -24,7 +24,7 @@ from tests.support.live_server import serve
 CUSTOMER_KEYS = ["id", "first_name", "last_name", "email", "phone", "twitter", "tier",
                  "vip", "notes", "created_at", "updated_at"]
 CASE_KEYS = ["id", "customer_id", "subject", "description", "status", "priority",
-             "created_at", "updated_at"]
+             "created_at", "updated_at", "external_id"]
 NOTE_KEYS = ["id", "case_id", "posted_at", "body", "link", "channel", "external_id",
              "content_type", "author_name", "author_handle", "author_id", "brand_owned",
              "created_at"]
@@ -281,7 +281,8 @@ def test_create_case_applies_written_defaults(crm: Crm, customer: dict[str, Any]
     ({"customer_id": "1", "subject": "x", "status": "done", "priority": "urgent"},
      {"status": "must be one of open, pending, closed", "priority": "must be one of low, normal, high"}),
     ({"customer_id": "1", "subject": "x", "customerId": "1"},
-     {"customerId": "unknown field; writable fields are customer_id, subject, description, status, priority"}),
+     {"customerId": "unknown field; writable fields are customer_id, subject, description, status, priority, "
+                    "external_id"}),
 ])
 def test_case_validation(crm: Crm, body: dict[str, Any], fields: dict[str, str]) -> None:
     answer = crm.post("/cases", body)
@@ -300,6 +301,31 @@ def test_cases_filter_by_customer_and_status(crm: Crm, customer: dict[str, Any],
     assert crm.get("/cases", customer_id="999999").json() == {"total": 0, "items": []}
     assert crm.get("/cases", customer_id="abc").status_code == 400
     assert crm.get("/cases", status="done").status_code == 400
+
+
+def test_cases_filter_by_external_id_exactly(crm: Crm, customer: dict[str, Any]) -> None:
+    key = "k-" + str(len(crm.get("/cases").json()["items"]))
+    made = crm.created("/cases", {"customer_id": customer["id"], "subject": "Keyed", "external_id": key})
+    crm.created("/cases", {"customer_id": customer["id"], "subject": "Keyed too", "external_id": key + "x"})
+    assert [c["id"] for c in crm.get("/cases", external_id=key).json()["items"]] == [made["id"]]
+    assert crm.get("/cases", external_id="nobody").json() == {"total": 0, "items": []}
+
+
+def test_a_database_made_before_cases_had_external_id_gains_the_column(tmp_path: Any) -> None:
+    import sqlite3
+
+    from democrm.app import init_db
+    path = str(tmp_path / "old.sqlite3")
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE cases (id INTEGER PRIMARY KEY AUTOINCREMENT, customer_id INTEGER NOT NULL, "
+                 "subject TEXT NOT NULL, description TEXT, status TEXT NOT NULL, priority TEXT NOT NULL, "
+                 "created_at TEXT NOT NULL, updated_at TEXT NOT NULL)")
+    conn.commit()
+    conn.close()
+    init_db(path)
+    conn = sqlite3.connect(path)
+    assert [row[1] for row in conn.execute("PRAGMA table_info(cases)")][-1] == "external_id"
+    conn.close()
 
 
 def test_patch_case(crm: Crm, case: dict[str, Any]) -> None:

@@ -329,8 +329,10 @@ def test_a_refused_feed_item_names_the_interaction_field(khoros: KhorosClient, f
     tag = unique()
     customer = new_customer(khoros, tag)
     case = khoros.create_case({"customerId": customer["id"], "title": f"Case {tag}"}).body
-    # The update first checks the case exists (answered as Salesforce would), then posts the item.
+    # The update first checks the case exists (answered as Salesforce would), looks for the item
+    # in the case feed (a retried update must not post it twice), then posts the item.
     fake.state.fail_next(200, {"attributes": {"type": "Case"}, "Id": case["id"]})
+    fake.state.fail_next(200, {"totalSize": 0, "done": True, "records": []})
     fake.state.fail_next(400, error_body("STRING_TOO_LONG", "Link URL: data value too large", ["LinkUrl"]))
     answer = khoros.update_case(case["id"], {"interactions": [interaction(tag, 1)]})
     message = assert_khoros_error(answer, 422, "validation_failed")

@@ -236,7 +236,9 @@ def test_a_resolved_case_is_not_reused(khoros: KhorosClient, unique: str) -> Non
     old = khoros.create_case(body).body
     assert khoros.update_case(old["id"], {"status": "closed"}).status == 200
 
-    new = khoros.create_case(body)
+    # A new title: the same first interaction (the mapping's key), but another Khoros request,
+    # which the server's idempotency store would otherwise answer with the old case.
+    new = khoros.create_case({**body, "title": f"Again {unique} later"})
 
     assert new.status == 201
     assert new.body["id"] != old["id"]

@@ -48,6 +48,7 @@ from .pipeline import (
     Step,
     Where,
 )
+from .resume import Find
 from .source import SourceDocument, dotted, load_source
 from .templating import (
     ENV,
@@ -62,6 +63,7 @@ from .templating import (
     environments,
     iter_templates,
 )
+from .upstream import SAFE_METHODS
 
 SCHEMA_PATH = os.path.join(SCHEMA_DIR, "mapping.schema.json")
 with open(SCHEMA_PATH, encoding="utf-8") as _handle:
@@ -69,10 +71,12 @@ with open(SCHEMA_PATH, encoding="utf-8") as _handle:
 _VALIDATOR = jsonschema.Draft202012Validator(MAPPING_SCHEMA)
 
 # Names every request-time template may read.
-BASE_NAMES = frozenset({"body", "id", "khoros", "settings", "secrets", "auth", "now", "trace_id"}) | GLOBAL_NAMES
+BASE_NAMES = frozenset({"body", "id", "khoros", "settings", "secrets", "auth", "now", "trace_id",
+                        "idempotency_key"}) | GLOBAL_NAMES
 ANSWER_NAMES = frozenset({"response", "status", "headers"})
 STEP_KINDS = ("request", "set", "for_each", "first", "fail")
 STEP_MODIFIERS = {"accept": "request", "errors": "request", "extract": "request", "paginate": "request",
+                  "find": "request",
                   "as": "for_each", "steps": "for_each", "collect": "for_each", "until": "first"}
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_MAX_BYTES = 5 * 1024 * 1024
@@ -700,10 +704,45 @@ class Compiler:
         extractions = []
         for key, spec_raw in raw.get("extract", {}).items():
             extractions.append(self._extraction(key, spec_raw, path + ("extract", key), extract_scope, body_fields))
+        find = self._find(raw, path, scope, body_fields, name) if "find" in raw else None
         for extraction in extractions:
             self.define(extraction.name, path + ("extract", extraction.name), scope)
         return RequestStep(name, where, when, request=spec, accept=frozenset(raw.get("accept", [])),
-                           errors=errors, extract=extractions, paginate=pagination, safe=req.get("safe"))
+                           errors=errors, extract=extractions, paginate=pagination, safe=req.get("safe"),
+                           guarded=_is_write(req), find=find)
+
+    def _find(self, raw: dict[str, Any], path: tuple[Any, ...], scope: set[str], body_fields: set[str] | None,
+              name: str) -> Find:
+        """A write's ``find:``: a lookup compiled like a request step (a read: retried like a GET,
+        whatever its method), whose extract must set every name the write's extract sets: when the
+        lookup finds the record, the write is skipped and the steps after it still read those names."""
+        spec = raw["find"]
+        fpath = path + ("find",)
+        if not _is_write(raw["request"]):
+            self.problem(fpath, "'find' belongs to a write (POST, PUT, PATCH, DELETE not marked safe): it says "
+                                "how to find what the write may already have written")
+        if "paginate" in raw:
+            self.problem(fpath, "a paginated request cannot have 'find'")
+        if ("request" in spec) == ("steps" in spec):
+            self.problem(fpath, "give 'find' exactly one of 'request' (one lookup) or 'steps' (several)")
+            return Find(self.template("{{ false }}", fpath, scope, body_fields))
+        sets = set(spec.get("extract", {})) if "request" in spec else _names_set_by(spec["steps"])
+        missing = sorted(set(raw.get("extract", {})) - sets)
+        if missing:
+            self.problem(fpath + ("extract",), f"must also set {', '.join(repr(m) for m in missing)}: when the "
+                                               "lookup finds the record the write is skipped, and the steps after "
+                                               "it read what the write's extract would have set")
+        when = self.template(spec["when"], fpath + ("when",), scope, body_fields) if "when" in spec else None
+        if "steps" in spec:
+            steps = self._steps(spec["steps"], fpath + ("steps",), scope, body_fields)
+            return Find(self.template(spec["found"], fpath + ("found",), scope, body_fields), steps=steps, when=when)
+        lookup = self._request_step(spec, fpath, scope, body_fields, f"{name} (find)", None, self.where(fpath))
+        assert isinstance(lookup, RequestStep)
+        lookup.guarded = False
+        if lookup.safe is None:
+            lookup.safe = True  # it only reads, even when sent as POST (a search)
+        found = self.template(spec["found"], fpath + ("found",), scope | ANSWER_NAMES, body_fields)
+        return Find(found, lookup=lookup, when=when)
 
     def _extraction(self, name: str, raw: Any, path: tuple[Any, ...], scope: set[str] | frozenset[str],
                     body_fields: set[str] | None) -> Extraction:
@@ -758,6 +797,8 @@ def _names_set(raw: Any) -> set[str]:
         names |= set(raw["set"])
     if isinstance(raw.get("extract"), dict):
         names |= set(raw["extract"])
+    if isinstance(raw.get("find"), dict):
+        names |= _names_set({"extract": raw["find"].get("extract")}) | _names_set_by(raw["find"].get("steps"))
     if isinstance(raw.get("paginate"), dict) and "into" in raw["paginate"]:
         names.add(raw["paginate"]["into"])
     if "for_each" in raw and isinstance(raw.get("collect"), dict):
@@ -813,6 +854,13 @@ def _conjuncts(node: nodes.Expr | None) -> list[nodes.Expr]:
 def _reads(node: nodes.Node, name: str) -> bool:
     return any(n.name == name for n in node.find_all(nodes.Name)) or \
         (isinstance(node, nodes.Name) and node.name == name)
+
+
+def _is_write(request: dict[str, Any]) -> bool:
+    """Whether a request is a write: one that is not safe to send twice (GET and HEAD are,
+    and any request the mapping marks ``safe: true``). Only its step may send it again."""
+    safe = request.get("safe")
+    return not (safe if safe is not None else str(request.get("method", "")).upper() in SAFE_METHODS)
 
 
 def _guarded(ast: nodes.Template, name: str, condition: nodes.Expr | None, step_when: nodes.Expr | None) -> bool:

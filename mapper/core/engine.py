@@ -49,6 +49,7 @@ from .model import (
 )
 from .pipeline import Run, Trace
 from .redaction import Redactor, clean_error
+from .request_key import request_key
 from .shaping import Shaper
 from .source import load_source
 from .upstream import Client, Signer
@@ -177,24 +178,26 @@ class Engine:
 
     def run(self, name: str, body: Any, *, id: str | None = None, tenancy: Tenancy | None = None,
             trace_id: str = "-", trace: Trace | None = None, arrived: float | None = None,
-            limits: Limits = DEFAULT_LIMITS) -> tuple[int, Any]:
+            limits: Limits = DEFAULT_LIMITS, idempotency_key: str | None = None) -> tuple[int, Any]:
         """Answer one Khoros operation: (HTTP status, JSON payload).
 
         ``trace`` (``mapper run``) is told of every step, request and answer.
         ``arrived`` is when the request reached us (``time.monotonic()``): Khoros's clock
         started then, so time spent queued for a worker is taken from the budget, and a
         request that can no longer finish in time is refused before any CRM call.
-        ``limits`` bound the counts that cost CRM calls (see :mod:`mapper.core.limits`)."""
+        ``limits`` bound the counts that cost CRM calls (see :mod:`mapper.core.limits`).
+        ``idempotency_key`` (templates: ``idempotency_key``) defaults to the key of the body."""
+        key = idempotency_key or request_key(name, body)
         try:
             return self._run(name, body, id=id, tenancy=tenancy, trace_id=trace_id, trace=trace, arrived=arrived,
-                             limits=limits)
+                             limits=limits, key=key)
         except KhorosError as exc:
             clean_error(exc, self.redactor)
             raise
 
     def _run(self, name: str, body: Any, *, id: str | None, tenancy: Tenancy | None,
              trace_id: str, trace: Trace | None, arrived: float | None,
-             limits: Limits) -> tuple[int, Any]:
+             limits: Limits, key: str) -> tuple[int, Any]:
         op = OPERATIONS_BY_NAME[name]
         check_id(id, op.object_kind if name != "customer_cases" else "customer", limits)
         compiled = self.mapping.operations[name]
@@ -211,6 +214,7 @@ class Engine:
         run = self._new_run(deadline, trace_id)
         run.trace = trace
         scope = self._scope(clean, id, tenancy or Tenancy(), trace_id)
+        scope["idempotency_key"] = key
         run.run_steps(compiled.steps, scope)
         return op.success, self._shape(op, compiled, scope)
 
@@ -250,7 +254,7 @@ class Engine:
     def _scope(self, body: dict[str, Any], id: str | None, tenancy: Tenancy, trace_id: str) -> dict[str, Any]:
         return {"body": body, "id": id, "khoros": tenancy.as_dict(), "settings": self.settings,
                 "secrets": self.secrets, "auth": getattr(self.client.signer, "values", {}),
-                "now": self.clock(), "trace_id": trace_id}
+                "now": self.clock(), "trace_id": trace_id, "idempotency_key": None}
 
     def _shape(self, op: Operation, compiled: CompiledOperation, scope: dict[str, Any]) -> Any:
         assert compiled.result is not None

@@ -32,8 +32,9 @@ from jsonpath_ng.jsonpath import Child, Slice, Wildcard
 from requests.structures import CaseInsensitiveDict
 
 from ..errors import FieldError, KhorosError, MappingRuntimeError, UpstreamError, error_for_code
-from . import context
+from . import context, resume
 from .budget import Deadline
+from .resume import Find
 from .templating import OMIT, Compiled
 from .upstream import Client, Inbound, Outbound, is_html_page
 
@@ -248,8 +249,19 @@ class RequestStep(Step):
     extract: list[Extraction] = field(default_factory=list)
     paginate: Pagination | None = None
     safe: bool | None = None  # request.safe: may be resent (default: GET and HEAD only)
+    # A write (POST, PUT, PATCH, DELETE): a failure that may have landed goes to resume.write,
+    # which retries it only when it provably did not land. False for a find's lookup.
+    guarded: bool = False
+    find: Find | None = None  # how to find what this write may already have written
 
     def run(self, run: Run, scope: dict[str, Any]) -> None:
+        if self.guarded:
+            resume.write(self, run, scope)
+        else:
+            self.call_and_extract(run, scope)
+
+    def call_and_extract(self, run: Run, scope: dict[str, Any]) -> Inbound:
+        """Send the request (following pages), check the answer, set the extracted names."""
         if self.paginate is None:
             answer = self._call(run, scope)
         else:
@@ -257,6 +269,7 @@ class RequestStep(Step):
         answer_scope = {**scope, "response": answer.body, "status": answer.status, "headers": answer.headers}
         for extraction in self.extract:
             scope[extraction.name] = extraction.extract(answer_scope)
+        return answer
 
     def _call(self, run: Run, scope: dict[str, Any]) -> Inbound:
         outbound = self._render(run, scope)
@@ -266,6 +279,8 @@ class RequestStep(Step):
         except KhorosError as exc:  # no answer at all: timeout, refused connection...
             context.crm_call(self.name, exc.code, time.monotonic() - started)
             exc.add_context(f"step '{self.name}' at {self.where.place}")
+            if self.guarded:
+                raise resume.WriteFailed(outbound, error=exc) from exc
             raise
         context.crm_call(self.name, str(answer.status), answer.seconds)
         run.calls += 1
@@ -274,8 +289,15 @@ class RequestStep(Step):
         if log.isEnabledFor(logging.DEBUG):  # one INFO line per Khoros request is written by the app
             log.debug("trace=%s step=%s %s -> %s %.0fms", run.trace_id, self.name, outbound.describe(),
                       answer.status, answer.seconds * 1000)
+        if self.guarded and answer.status >= 500 and answer.status not in self.accept:
+            raise resume.WriteFailed(outbound, answer=answer)  # it may have landed: resume.write decides
         self._check(run, scope, answer, outbound)
-        self._check_usable(run, answer, outbound)
+        try:
+            self._check_usable(run, answer, outbound)
+        except UpstreamError as exc:
+            if self.guarded:  # a write answered with a page it cannot read may have landed
+                raise resume.WriteFailed(outbound, error=exc) from exc
+            raise
         return answer
 
     def _check_usable(self, run: Run, answer: Inbound, outbound: Outbound) -> None:

@@ -4,11 +4,12 @@ This module knows HTTP and nothing about Khoros or mapping syntax. It sends
 one request and reads the answer within the time the :class:`Deadline` allows
 (a watchdog closes the connection when that time is up, whatever pace the CRM
 keeps: see :mod:`mapper.core.watchdog`); waits out a ``429 Retry-After`` when
-the wait and a useful call fit the budget; retries reads (and writes that
-provably never left) on transient failures, by urllib3's ``Retry`` policy,
-while the budget allows; and turns transport failures into
-:mod:`mapper.errors` classes whose messages say which CRM call failed, and
-whether the request was sent, without showing secrets.
+the wait and a useful call fit the budget; retries reads on transient
+failures, by urllib3's ``Retry`` policy, while the budget allows; and turns
+transport failures into :mod:`mapper.errors` classes whose messages say which
+CRM call failed, and whether the request was sent, without showing secrets.
+A write is never sent twice here: its step decides (:mod:`mapper.core.resume`),
+from what the error says (``nothing_sent``) and what the mapping can look up.
 """
 
 from __future__ import annotations
@@ -56,10 +57,6 @@ CHUNK = 64 * 1024
 READ_RETRY = Retry(total=2, connect=2, read=2, status=2, other=0, redirect=0, allowed_methods=None,
                    status_forcelist=(502, 503, 504), backoff_factor=0.1, backoff_max=1.0,
                    respect_retry_after_header=False, raise_on_status=False)
-# Writes: once, and only when the connection was refused (nothing was sent). Retrying a write
-# that may have been applied needs the mapping's word on how to find it.
-WRITE_RETRY = Retry(total=1, connect=1, read=False, status=0, other=0, redirect=0, allowed_methods=None,
-                    status_forcelist=(), raise_on_status=False)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -145,14 +142,13 @@ class Client:
                  default_429_wait: float | None = None,
                  signer: Signer | None = None, pool_size: int = 32,
                  sleep: Callable[[float], None] = time.sleep,
-                 read_retry: Retry = READ_RETRY, write_retry: Retry = WRITE_RETRY) -> None:
+                 read_retry: Retry = READ_RETRY) -> None:
         self.call_timeout = call_timeout
         self.max_body_bytes = max_body_bytes
         self.max_429_retries = max_429_retries
         self.default_429_wait = default_429_wait
         self.signer = signer or Signer()
         self.read_retry = read_retry
-        self.write_retry = write_retry
         self._sleep = sleep
         self.session = requests.Session()
         # The session is shared by every Khoros request: a cookie one CRM answer sets must
@@ -173,10 +169,11 @@ class Client:
 
         ``safe``: the call may be sent again (a read); by default true for GET and HEAD only.
         A safe call is retried on connection failures, timeouts, 502/503/504 and HTML error
-        pages; any other call only when the connection was refused, so nothing was sent."""
+        pages; any other call is a write, sent once: the step that makes it decides on
+        another send (:mod:`mapper.core.resume`)."""
         if safe is None:
             safe = outbound.method.upper() in SAFE_METHODS
-        retry = self.read_retry if safe else self.write_retry
+        retry = self.read_retry
         refreshed = False
         rate_limited = 0
         while True:
@@ -187,7 +184,7 @@ class Client:
             try:
                 answer = self.send_raw(attempt, deadline)
             except UpstreamError as exc:
-                if not exc.retry_allowed(safe):
+                if not (safe and exc.retry_allowed(safe)):
                     raise
                 next_retry = self._next_retry(retry, outbound, deadline, error=exc.transient)
                 if next_retry is None:
@@ -206,7 +203,7 @@ class Client:
                     wait = self.default_429_wait  # some CRMs rate-limit without saying how long
                 # Wait only when a useful call still fits after the wait; otherwise the 429 goes
                 # straight to the mapping's rules (its rate-limit message beats a doomed retry).
-                if wait is not None and wait + self._useful_call() <= deadline.remaining():
+                if wait is not None and wait + self.useful_call() <= deadline.remaining():
                     rate_limited += 1
                     log.info("CRM rate-limited %s; waiting %.2fs as Retry-After asks", outbound.describe(), wait)
                     context.rate_limit_wait(wait)
@@ -220,7 +217,8 @@ class Client:
                     continue
             return answer
 
-    def _useful_call(self) -> float:
+    def useful_call(self) -> float:
+        """The time a retry must still have (after its wait) to be worth sending."""
         return min(self.call_timeout, MIN_RETRY_SECONDS)
 
     def _next_retry(self, retry: Retry, outbound: Outbound, deadline: Deadline, *,
@@ -232,7 +230,7 @@ class Client:
         except Exception:  # MaxRetryError, or the policy re-raises what it will not retry
             return None
         wait = retry.get_backoff_time()
-        if wait + self._useful_call() > deadline.remaining():
+        if wait + self.useful_call() > deadline.remaining():
             return None
         what = f"HTTP {status}" if status is not None else type(error).__name__
         log.info("retrying %s after %s (waiting %.2fs)", outbound.describe(), what, wait)
@@ -385,6 +383,7 @@ def _transport_error(exc: BaseException, outbound: Outbound, allowed: float, fir
                 f"{outbound.describe()}; nothing was sent. Check that the CRM is up and reachable.",
                 internal=type(exc).__name__)
             error.transient = ConnectTimeoutError(str(exc))
+            error.nothing_sent = True
             return error
         return _no_answer(outbound, allowed, _read_timeout(outbound, str(exc)))
     if isinstance(exc, requests.ConnectTimeout) or not_connected:

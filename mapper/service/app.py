@@ -24,8 +24,9 @@ from ..core import context
 from ..core.engine import DEFAULT_POOL_SIZE, Engine, Tenancy
 from ..core.khoros import META_BUDGET, OPERATION_BUDGET, OPERATIONS, Operation
 from ..core.limits import Limits, limits_from_environ, parse_body
+from ..core.request_key import request_key
 from ..errors import ConfigError, KhorosError, Problem, ServerError, Unauthorized
-from . import health, http_errors, metrics, openapi, routes
+from . import health, http_errors, idempotency, metrics, openapi, routes
 from .console import console_blueprint
 from .logs import configure
 from .reload import Runtime
@@ -159,6 +160,7 @@ def create_app(engine: Engine | None = None, *, mapping_path: str | None = None,
         redactor.add(new.secret_values)
         save_last_good(new, env)
 
+    guards = idempotency.Guards()
     runtime = Runtime(tenants, loader, on_swap=swapped)
     if broken is None:
         save_last_good(tenants, env)
@@ -184,6 +186,7 @@ def create_app(engine: Engine | None = None, *, mapping_path: str | None = None,
         g.context_token = context.begin(g.trace_id, operation=request.endpoint or "-")
         if under_api(request.path) or request.path == openapi.PATH:  # the document shows the data model
             g.tenants = runtime.acquire()  # this request keeps this generation to its end
+            g.guard = guards.for_settings(g.tenants.idempotency)
             _select_tenant(g.tenants)
         return None
 
@@ -292,8 +295,13 @@ def _view(op: Operation, limits: Limits) -> Callable[..., Response]:
             user_email=headers.get("x-sf-user-email") or headers.get("x-sf-email"),
             initiative=headers.get("x-sf-initiative"),
             company_id=headers.get("x-sf-company-id"))
-        status, payload = engine.run(op.name, body, id=id, tenancy=tenancy, trace_id=g.trace_id,
-                                     arrived=g.arrived, limits=limits)
+        key = request_key(op.name, body, idempotency.header_key(headers.get("Idempotency-Key")))
+
+        def run() -> tuple[int, Any]:
+            return engine.run(op.name, body, id=id, tenancy=tenancy, trace_id=g.trace_id, arrived=g.arrived,
+                              limits=limits, idempotency_key=key)
+        guard: idempotency.Guard = g.guard
+        status, payload = guard.once(g.tenant.name, op.name, key, run, g.arrived)
         if status not in KHOROS_STATUSES:  # the operation table is ours; guard it anyway
             raise ServerError(f"Operation {op.name} produced HTTP {status}, which Khoros does not know.")
         return _json(payload, status)

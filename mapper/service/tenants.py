@@ -41,6 +41,8 @@ from ..core.compiler import compile_document, schema_problems
 from ..core.engine import DEFAULT_POOL_SIZE, Engine
 from ..core.source import SourceDocument, load_source
 from ..errors import ConfigError, Problem, ServerError, Unauthorized
+from .idempotency import Settings as GuardSettings
+from .idempotency import settings_from as guard_settings_from
 
 if TYPE_CHECKING:
     from .app import TokenCheck
@@ -86,6 +88,7 @@ class ServerFile:
     tenants: list[TenantSpec]
     default: str | None
     admin_tokens_env: str
+    idempotency: dict[str, Any] = field(default_factory=dict)  # the server file's idempotency: block
 
 
 def read_text(path: str, texts: Mapping[str, str] | None) -> str:
@@ -127,7 +130,8 @@ def read_server_file(path: str, text: str | None = None) -> tuple[ServerFile, So
     problems += _overlaps(doc, specs)
     if problems:
         raise ConfigError(problems)
-    return ServerFile(path, specs, default, data.get("admin_tokens_env", DEFAULT_ADMIN_ENV)), doc
+    return ServerFile(path, specs, default, data.get("admin_tokens_env", DEFAULT_ADMIN_ENV),
+                      data.get("idempotency", {})), doc
 
 
 def _overlaps(doc: SourceDocument, specs: list[TenantSpec]) -> list[Problem]:
@@ -201,6 +205,9 @@ class TenantSet:
     texts: dict[str, str] = field(default_factory=dict)  # what they held: the last good copy
     generation: int = 0
     khoros_tokens: list[str] = field(default_factory=list)  # for the log redactor
+    # Where duplicate creates are caught (mapper.service.idempotency); shared by all tenants,
+    # each under its own name.
+    idempotency: GuardSettings = field(default_factory=GuardSettings)
     _in_flight: int = 0
     _retired: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -340,13 +347,18 @@ def load_server(path: str, environ: Mapping[str, str] | None = None,
     admin = admin_tokens(environ, server.admin_tokens_env)
     if set(admin) & set(all_tokens):
         problems.append(doc.problem(("admin_tokens_env",), _ADMIN_IS_KHOROS.format(server.admin_tokens_env)))
+    try:
+        line = doc.line_of(("idempotency",)) if server.idempotency else 0
+        guard_settings = guard_settings_from(environ, server.idempotency, path, line)
+    except ConfigError as exc:
+        problems += exc.problems
     if problems:
         for tenant in tenants.values():
             tenant.engine.close()
         raise ConfigError(problems)
     default = tenants[server.default] if server.default else None
     return TenantSet(tenants, default, _token_check(admin) if admin else None, path, files=list(read),
-                     texts=read, khoros_tokens=all_tokens + admin)
+                     texts=read, khoros_tokens=all_tokens + admin, idempotency=guard_settings)
 
 
 _ADMIN_IS_KHOROS = ("an admin token in '{}' is also a Khoros token; the admin token reads metrics and, with "
@@ -384,7 +396,7 @@ def single_tenant(engine: Engine, tokens: list[str], environ: Mapping[str, str] 
     return TenantSet({SINGLE_TENANT: tenant}, tenant, _token_check(admin) if admin else None,
                      engine.mapping.file, files=[engine.mapping.file],
                      texts={engine.mapping.file: text} if text is not None else {},
-                     khoros_tokens=list(tokens) + admin)
+                     khoros_tokens=list(tokens) + admin, idempotency=guard_settings_from(environ))
 
 
 def from_environment(engine: Engine | None = None, *, mapping_path: str | None = None,

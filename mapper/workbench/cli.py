@@ -260,8 +260,14 @@ def init(specs: tuple[str, ...], customer: str | None, case_: str | None, note: 
               show_envvar=True, help="Seconds requests in flight get to finish on stop (default 10).")
 @click.option("--keepalive", type=click.IntRange(min=1), envvar="MAPPER_KEEPALIVE", show_envvar=True,
               help="Seconds an idle client connection stays open (default 5).")
+@click.option("--idempotency-store", type=click.Choice(["memory", "redis"]), envvar="MAPPER_IDEMPOTENCY_STORE",
+              show_envvar=True, help="Where repeated creates are caught: memory (each process) or redis "
+              "(shared; URL in $MAPPER_REDIS_URL). Default memory, or the server file's idempotency block.")
+@click.option("--idempotency-window", type=click.FloatRange(min=0), envvar="MAPPER_IDEMPOTENCY_WINDOW",
+              show_envvar=True, help="Seconds a create's answer is kept for a retry (default 600; 0: off).")
 def serve(config_path: str | None, mapping_path: str | None, host: str, port: int, workers: int | None,
-          threads: int | None, timeout: int | None, graceful_timeout: int | None, keepalive: int | None) -> None:
+          threads: int | None, timeout: int | None, graceful_timeout: int | None, keepalive: int | None,
+          idempotency_store: str | None, idempotency_window: float | None) -> None:
     """Run the Khoros-facing server in production: gunicorn, threaded workers.
 
     Settings not given here come from mapper/service/gunicorn_conf.py. SIGHUP re-reads
@@ -271,6 +277,11 @@ def serve(config_path: str | None, mapping_path: str | None, host: str, port: in
     from ..service.server import run, settings
 
     tokens = parse_tokens(os.environ.get("MAPPER_AUTH_TOKENS"))
+    # The app reads these from the environment (over the server file's idempotency block).
+    if idempotency_store is not None:
+        os.environ["MAPPER_IDEMPOTENCY_STORE"] = idempotency_store
+    if idempotency_window is not None:
+        os.environ["MAPPER_IDEMPOTENCY_WINDOW"] = str(idempotency_window)
     config_path = config_path or os.environ.get("MAPPER_CONFIG")
     if config_path is None and mapping_path is None:
         mapping_path = os.environ.get("MAPPER_MAPPING")

@@ -8,7 +8,8 @@ connection mid-body, send 50 MB or a gzip bomb.
 
 Cells run in parallel against one server. Each cell has its own customer
 (``c<n>``, ``c<n>@example.com``), and every request is traced back to its
-cell: by the customer id or email it names, or by the case it touches. A
+cell: by the customer id or email it names, the case it touches, or the
+request key a case is looked up by (the test tells it each cell's key). A
 cell's program says which fault to play on which of its CRM calls, counted
 by distinct ``METHOD /path`` in the order they first arrive; the fault is
 played on every try of that call (``times`` limits it, to test retries).
@@ -27,6 +28,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -81,6 +83,7 @@ class FaultCrm:
         self.interactions: list[dict[str, Any]] = []
         self.programs: dict[str, Program] = {}
         self.case_cell: dict[str, str] = {}
+        self.key_cell: dict[str, str] = {}  # request key (the mapping's requestKey) -> cell
         self.ids = itertools.count(1)
         self.stopping = threading.Event()
         crm = self
@@ -95,10 +98,12 @@ class FaultCrm:
                                        daemon=True)
         self.thread.start()
 
-    def add_cell(self, cell: str, program: Program | None = None) -> dict[str, Any]:
+    def add_cell(self, cell: str, program: Program | None = None, key: str | None = None) -> dict[str, Any]:
         customer = {"id": cell, "firstName": "Jane", "lastName": f"Doe {cell}", "email": f"{cell}@example.com"}
         with self.lock:
             self.customers[cell] = customer
+            if key is not None:
+                self.key_cell[key] = cell
             if program is not None:
                 self.programs[cell] = program
         return customer
@@ -130,6 +135,8 @@ class FaultCrm:
                 return str(body.get("customerId"))
             if parts[0] == "cases" and len(parts) == 2:
                 return self.case_cell.get(parts[1])
+            if parts[0] == "cases" and "requestKey" in query:
+                return self.key_cell.get(query["requestKey"][0])
             if parts[0] == "interactions":
                 case_id = body.get("caseId") if isinstance(body, dict) else (query.get("caseId") or [None])[0]
                 return self.case_cell.get(str(case_id))
@@ -159,15 +166,15 @@ class FaultCrm:
                 found = self.customers.get(parts[1])
                 return (200, found) if found else (404, {})
             if parts[0] == "customers" and len(parts) == 1 and method == "GET":
-                wanted = {k: v[0] for k, v in query.items() if not k.startswith("_")}
-                return 200, [c for c in self.customers.values()
-                             if all(str(c.get(k)) == v for k, v in wanted.items())]
+                return 200, _matching(self.customers.values(), query)
             if parts[0] == "cases" and len(parts) == 1 and method == "POST":
                 case = {**body, "id": next(self.ids)}
                 if apply:
                     self.cases[str(case["id"])] = case
                     self.case_cell[str(case["id"])] = str(body.get("customerId"))
                 return 201, case
+            if parts[0] == "cases" and len(parts) == 1 and method == "GET":
+                return 200, _matching(self.cases.values(), query)
             if parts[0] == "cases" and len(parts) == 2 and method == "GET":
                 found = self.cases.get(parts[1])
                 return (200, found) if found else (404, {})
@@ -177,9 +184,14 @@ class FaultCrm:
                     self.interactions.append(item)
                 return 201, item
             if parts[0] == "interactions" and method == "GET":
-                case_id = (query.get("caseId") or [""])[0]
-                return 200, [i for i in self.interactions if str(i.get("caseId")) == case_id]
+                return 200, _matching(self.interactions, query)
         return 404, {"error": f"no route {method} {path} (at {now})"}
+
+
+def _matching(records: Iterable[dict[str, Any]], query: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """json-server's filter: every query field not starting with ``_`` equals the record's."""
+    wanted = {k: v[0] for k, v in query.items() if not k.startswith("_")}
+    return [r for r in records if all(str(r.get(k)) == v for k, v in wanted.items())]
 
 
 class FaultHandler(BaseHTTPRequestHandler):
