@@ -456,6 +456,8 @@ def test_a_failed_metadata_call_is_not_repeated_by_every_request(always_stale, c
     engine = Engine(always_stale.mapping, always_stale.settings, always_stale.secrets, always_stale.client,
                     always_stale.headers)
     good = engine.meta("case")
+    now = [time.monotonic()]
+    engine._live._clock = lambda: now[0]  # the back-off is timed, not the machine's pace
     crm.fields_down = True
     crm.requests.clear()
     for _ in range(5):
@@ -463,6 +465,10 @@ def test_a_failed_metadata_call_is_not_repeated_by_every_request(always_stale, c
         assert engine.run("create_case", {"customerId": "1", "title": "Broken", "team": "billing"})[0] == 201
     # One failed fetch (a read: tried three times), then it backs off.
     assert crm.requests.count("GET /ticket_fields") == 3
+    now[0] += 1.5  # past the first back-off (1 s): one more fetch, then 2 s of quiet
+    for _ in range(3):
+        assert engine.meta("case") == good
+    assert crm.requests.count("GET /ticket_fields") == 6
 
 
 def test_best_match_does_not_fetch_the_data_model(always_stale, crm):
