@@ -67,23 +67,32 @@ class Watchdog:
 
     def disarm(self, watch: Watch) -> None:
         with _LOCK:
-            watch.done = True  # left in the heap; skipped when its time comes
+            watch.done = True  # left in the heap; dropped when it comes first
 
     def _push(self, watch: Watch) -> None:
         with self._wakeup:
-            heapq.heappush(self._heap, (watch.ends, next(self._order), watch))
+            heap = self._heap
+            # The thread sleeps until the first end time; only a new first one changes that.
+            # Waking it for every call would cost a thread switch per CRM call.
+            sooner = not heap or watch.ends < heap[0][0]
+            heapq.heappush(heap, (watch.ends, next(self._order), watch))
             if self._thread is None or not self._thread.is_alive():  # also after a fork
                 self._thread = threading.Thread(target=self._loop, name="crm-call-watchdog", daemon=True)
                 self._thread.start()
-            self._wakeup.notify()
+            elif sooner:
+                self._wakeup.notify()
 
     def _loop(self) -> None:
         while True:
             with self._wakeup:
-                while not self._heap or self._heap[0][0] > time.monotonic():
-                    timeout = self._heap[0][0] - time.monotonic() if self._heap else None
-                    self._wakeup.wait(timeout)
-                _, _, watch = heapq.heappop(self._heap)
+                heap = self._heap
+                while True:
+                    while heap and heap[0][2].done:  # finished calls: nothing to wait for
+                        heapq.heappop(heap)
+                    if heap and heap[0][0] <= time.monotonic():
+                        break
+                    self._wakeup.wait(heap[0][0] - time.monotonic() if heap else None)
+                _, _, watch = heapq.heappop(heap)
             if not _fire(watch):
                 watch.ends = time.monotonic() + RECHECK_SECONDS
                 self._push(watch)
