@@ -14,6 +14,7 @@ installs the observer that turns those reports into samples.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -57,14 +58,41 @@ RELOADS = Counter("mapper_config_reloads_total", "Configuration reloads (counted
 _config_ok: Gauge | None = None  # made on first use: a process that serves nothing must not report 0
 
 
+class Children:
+    """The labelled series of one metric, found again by their label values.
+
+    ``metric.labels(...)`` checks its arguments, turns each into ``str`` and takes the
+    metric's lock on every call; a Khoros request records five samples and makes the
+    same label sets again and again, so each set's series is kept here after its first
+    use (the label sets are few: tenants x operations x steps x statuses). Values must
+    already be strings, as Prometheus stores them."""
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self._series: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        series = self._series.get(values)
+        if series is None:  # two threads may both get here: labels() hands both the same series
+            series = self._series[values] = self.metric.labels(*values)
+        return series
+
+
+_KHOROS_REQUESTS = Children(KHOROS_REQUESTS)
+_KHOROS_SECONDS = Children(KHOROS_SECONDS)
+_BUDGET_LEFT = Children(BUDGET_LEFT)
+_CRM_CALLS = Children(CRM_CALLS)
+_CRM_SECONDS = Children(CRM_SECONDS)
+
+
 class PrometheusObserver(context.Observer):
     """Engine events -> samples, labelled with the tenant of the current request."""
 
     def crm_call(self, step: str, status: str, seconds: float) -> None:
         ctx = context.current()
         tenant, operation = (ctx.tenant, ctx.operation) if ctx else ("-", "-")
-        CRM_CALLS.labels(tenant, operation, step, status).inc()
-        CRM_SECONDS.labels(tenant, operation, step).observe(seconds)
+        _CRM_CALLS(tenant, operation, step, str(status)).inc()
+        _CRM_SECONDS(tenant, operation, step).observe(seconds)
 
     def rate_limit_wait(self, seconds: float) -> None:
         RATE_LIMIT_WAITS.labels(context.tenant()).inc()
@@ -86,10 +114,10 @@ def install() -> None:
 
 def khoros_request(tenant: str, operation: str, status: int, seconds: float, budget_left: float | None) -> None:
     """One answer: ``seconds`` to serve it, ``budget_left`` of the Khoros limit when it left."""
-    KHOROS_REQUESTS.labels(tenant, operation, str(status)).inc()
-    KHOROS_SECONDS.labels(tenant, operation).observe(seconds)
+    _KHOROS_REQUESTS(tenant, operation, str(status)).inc()
+    _KHOROS_SECONDS(tenant, operation).observe(seconds)
     if budget_left is not None:
-        BUDGET_LEFT.labels(tenant, operation).observe(max(budget_left, 0.0))
+        _BUDGET_LEFT(tenant, operation).observe(max(budget_left, 0.0))
 
 
 def reload_done(ok: bool) -> None:
