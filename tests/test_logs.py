@@ -130,3 +130,16 @@ def test_a_redactor_from_the_engine_is_shared(stream):
     tokens.append("fetched-token-123456")  # learned after start-up, like an OAuth token
     logging.getLogger("mapper.test").info("Bearer fetched-token-123456")
     assert stream.getvalue().rstrip().endswith("Bearer ***")
+
+
+def test_a_secret_learned_after_a_record_was_made_is_redacted_when_it_is_written(stream):
+    # The record factory redacts each record where it is born; the handler does it again
+    # only when its redactor learned a secret since, which must still happen.
+    redactor = configure("INFO", [SECRET], stream=stream)
+    logger = logging.getLogger("mapper.test")
+    record = logger.makeRecord("mapper.test", logging.INFO, __file__, 1, "got %s and %s",
+                               (SECRET, "oauth-token-fedcba"), None)
+    redactor.add(["oauth-token-fedcba"])  # another thread fetched a token meanwhile
+    logger.handle(record)
+    assert stream.getvalue().rstrip().endswith(f"got {REDACTED} and {REDACTED}")
+

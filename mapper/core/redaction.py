@@ -107,6 +107,11 @@ class Redactor:
             # Longest first: a secret that contains another is replaced whole.
             self._pattern = re.compile("|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True)))
 
+    @property
+    def pattern(self) -> re.Pattern[str] | None:
+        """What :meth:`redact` replaces now; a new object whenever a secret is learned."""
+        return self._pattern
+
     def refresh(self) -> None:
         for source in self._sources:
             self.add(source())

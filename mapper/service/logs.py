@@ -31,11 +31,20 @@ _install_lock = threading.Lock()
 _installed = False
 
 
+# Set on a record by scrub(): the (redactor, pattern) pairs it was redacted with.
+SCRUBBED_ATTR = "_mapper_scrubbed"
+
+
 def scrub(record: logging.LogRecord, redactors: Iterable[Redactor]) -> None:
     """Rewrite ``record`` in place so that its message, traceback and stack carry no secret."""
     redactors = list(redactors)
     if not redactors:
         return
+    for redactor in redactors:
+        redactor.refresh()  # tokens learned since the last record
+    # What the record was redacted with: a filter holding one of these redactors, still with
+    # the same secrets, need not redact it a second time (see RedactSecrets.filter).
+    setattr(record, SCRUBBED_ATTR, [(redactor, redactor.pattern) for redactor in redactors])
     try:
         message = record.getMessage()
     except Exception:  # a broken format string: logging reports it later; show nothing of the args
@@ -90,7 +99,11 @@ class RedactSecrets(logging.Filter):
         self.redactor.add(secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        scrub(record, [self.redactor])
+        # Every record made after configure() was redacted where it was born (the record
+        # factory); again only if it was not, or this redactor learned a secret since.
+        self.redactor.refresh()
+        if (self.redactor, self.redactor.pattern) not in getattr(record, SCRUBBED_ATTR, ()):
+            scrub(record, [self.redactor])
         return True
 
 
