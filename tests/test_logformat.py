@@ -18,6 +18,7 @@ import requests
 from mapper.core import context
 from mapper.errors import ConfigError
 from mapper.service.app import create_app
+from mapper.service.logformat import TextFormatter
 from mapper.service.logs import configure
 from tests.support.live_server import LiveServer
 from tests.support.tenants import ACME_TOKEN, GLOBEX_KEY, GLOBEX_TOKEN, Crm, headers, server_environ, write_server_file
@@ -141,3 +142,11 @@ def test_the_documented_traceparent_example_compiles() -> None:
     compiled = compile_document(load_source("example.yaml", text))
     assert compiled.traceparent is True
     assert compile_document(load_source(PEOPLE_YAML)).traceparent is False
+
+
+def test_the_time_of_a_text_line_reads_as_logging_writes_it() -> None:
+    ours, standard = TextFormatter(), logging.Formatter()
+    for created in (1764745093.001, 1764745093.999, 1764745094.5, 1764745093.25):  # back in time too
+        record = logging.makeLogRecord({"msg": "x", "created": created, "msecs": (created % 1) * 1000})
+        assert ours.formatTime(record) == standard.formatTime(record)
+        assert ours.formatTime(record, "%H:%M") == standard.formatTime(record, "%H:%M")

@@ -42,6 +42,19 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+        self._second: tuple[int, str] = (-1, "")  # the last second written, as text
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """What logging writes (``2026-12-03 07:18:13,856``, local time), with the date and
+        time text made once per second rather than once per line."""
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second, text = self._second
+        if int(record.created) != second:
+            second = int(record.created)
+            text = time.strftime(self.default_time_format, self.converter(record.created))
+            self._second = (second, text)  # one assignment: threads read a matching pair
+        return f"{text},{int(record.msecs):03d}"  # as logging.Formatter.default_msec_format
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         trace = getattr(record, "trace_id", "-")
