@@ -16,12 +16,13 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from flask import Flask, Response, jsonify, request
 
-from mapper.core.engine import Engine, Tenancy
+from mapper.core.engine import Engine, Tenancy, utc_now
 from mapper.errors import (
     BadRequest,
     ConfigError,
@@ -495,3 +496,11 @@ def test_live_list_values_that_are_plain_strings_are_a_mapping_error_naming_the_
     good = _live_field({"name": "tier", "type": "single_sel_list", "listValues": [{"name": "Gold", "value": "gold"}]},
                        "m.yaml:12 model.customer.live")
     assert good["listValues"] == [{"name": "Gold", "value": "gold"}]
+
+
+def test_now_is_the_current_utc_second_each_time_it_is_asked() -> None:
+    for _ in range(3):  # the first call makes the text, the next ones may reuse it
+        before = datetime.now(UTC).replace(microsecond=0)
+        now = datetime.strptime(utc_now(), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        assert before <= now <= datetime.now(UTC)
+        time.sleep(0.6)

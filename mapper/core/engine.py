@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import (
@@ -82,9 +81,18 @@ class Tenancy:
         return {"user_email": self.user_email, "initiative": self.initiative, "company_id": self.company_id}
 
 
+_last_now: tuple[int, str] = (-1, "")  # the last second utc_now() wrote, and its text
+
+
 def utc_now() -> str:
-    """The ``now`` every template sees: the current UTC time, to the second."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """The ``now`` every template sees: the current UTC time, to the second (the text is
+    made once per second, not once per request)."""
+    global _last_now
+    second = int(time.time())
+    last = _last_now
+    if last[0] != second:
+        last = _last_now = (second, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second)))
+    return last[1]
 
 
 def _resolve(settings: list[Setting], environ: Mapping[str, str], mapping: CompiledMapping, section: str,
