@@ -67,8 +67,12 @@ class Transport:
         prepared.prepare_headers({k: v for k, v in merged.items() if v is not None})
         prepared.prepare_body(data, None, json)
         prepared.prepare_auth(None, url)  # user:password in the URL, as requests does
-        adapter = self.session.get_adapter(prepared.url or url)
-        response = adapter.send(prepared, stream=stream, timeout=timeout, verify=self.verify, cert=None,
+        target = prepared.url or url
+        adapter = self.session.get_adapter(target)
+        # A CA bundle only matters to https; for a bundle path the adapter asks the file
+        # system whether it is a folder on every call.
+        verify = self.verify if target[:6].lower() == "https:" else True
+        response = adapter.send(prepared, stream=stream, timeout=timeout, verify=verify, cert=None,
                                 proxies=self.proxies_for(url))
         if not stream:
             response.content  # noqa: B018  # read now, as requests does
