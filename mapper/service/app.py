@@ -185,37 +185,44 @@ def create_app(engine: Engine | None = None, *, mapping_path: str | None = None,
 
     @app.before_request
     def start() -> Response | None:
-        g.trace_id = new_trace_id()
-        g.started = time.monotonic()
-        g.arrived = arrival(request.environ, g.started)
-        g.context_token = context.begin(g.trace_id, operation=request.endpoint or "-")
-        if under_api(request.path) or request.path == openapi.PATH:  # the document shows the data model
-            g.tenants = runtime.acquire()  # this request keeps this generation to its end
-            g.guard = guards.for_settings(g.tenants.idempotency)
-            _select_tenant(g.tenants)
+        # `request` and `g` are context-local proxies: each is looked up once per hook.
+        req, state = request._get_current_object(), g._get_current_object()  # type: ignore[attr-defined]
+        state.trace_id = trace_id = new_trace_id()
+        state.started = started = time.monotonic()
+        state.arrived = arrival(req.environ, started)
+        state.context_token = context.begin(trace_id, operation=req.endpoint or "-")
+        if under_api(req.path) or req.path == openapi.PATH:  # the document shows the data model
+            state.tenants = runtime.acquire()  # this request keeps this generation to its end
+            state.guard = guards.for_settings(state.tenants.idempotency)
+            _select_tenant(state.tenants)
         return None
 
     @app.after_request
     def finish(response: Response) -> Response:
-        if request.path not in health.QUIET_PATHS:
-            tenant = g.get("tenant")
+        req, state = request._get_current_object(), g._get_current_object()  # type: ignore[attr-defined]
+        trace_id = state.get("trace_id", "-")
+        path = req.path
+        if path not in health.QUIET_PATHS:
+            tenant = state.get("tenant")
             if tenant is not None:
                 redactor.add(tenant.engine.secret_values)
-            seconds = time.monotonic() - g.get("started", time.monotonic())
+            now = time.monotonic()
+            started = state.get("started", now)
+            seconds = now - started
             ctx = context.current()
-            log.info("trace=%s %s %s -> %s %.0fms", g.get("trace_id", "-"), request.method, request.path,
-                     response.status_code, seconds * 1000,
-                     extra={"status": response.status_code, "duration_ms": round(seconds * 1000, 1),
-                            "crm_calls": ctx.crm_calls if ctx else 0, "method": request.method,
-                            "path": request.path})
-            if request.path.startswith(API_PREFIX):
-                operation = request.endpoint or "-"
+            status, method = response.status_code, req.method
+            log.info("trace=%s %s %s -> %s %.0fms", trace_id, method, path, status, seconds * 1000,
+                     extra={"status": status, "duration_ms": round(seconds * 1000, 1),
+                            "crm_calls": ctx.crm_calls if ctx else 0, "method": method, "path": path})
+            if path.startswith(API_PREFIX):
+                endpoint = req.endpoint
+                operation = endpoint or "-"
                 budget = META_BUDGET if operation == "meta" else OPERATION_BUDGET
                 # The Khoros limit runs from arrival (queue time included), like the engine's budget.
-                since_arrival = time.monotonic() - g.get("arrived", g.get("started", time.monotonic()))
-                metrics.khoros_request(tenant.name if tenant else "-", operation, response.status_code, seconds,
-                                       budget - since_arrival if request.endpoint else None)
-        response.headers["X-Trace-Id"] = g.get("trace_id", "-")
+                since_arrival = time.monotonic() - state.get("arrived", started)
+                metrics.khoros_request(tenant.name if tenant else "-", operation, status, seconds,
+                                       budget - since_arrival if endpoint else None)
+        response.headers["X-Trace-Id"] = trace_id
         return response
 
     @app.teardown_request
@@ -281,12 +288,13 @@ def create_app(engine: Engine | None = None, *, mapping_path: str | None = None,
 def _select_tenant(tenants: TenantSet) -> None:
     """Pick the tenant the x-sf-* headers select, then check the Authorization value
     against that tenant's tokens only (another tenant's secret is a 401)."""
-    tenant = tenants.select(request.headers.get("x-sf-company-id"), request.headers.get("x-sf-initiative"))
+    headers = request.headers
+    tenant = tenants.select(headers.get("x-sf-company-id"), headers.get("x-sf-initiative"))
     g.tenant = tenant
     ctx = context.current()
     if ctx is not None:
         ctx.tenant = tenant.name
-    if not tenant.check.allows(request.headers.get("Authorization")):
+    if not tenant.check.allows(headers.get("Authorization")):
         raise Unauthorized("Missing or wrong Authorization value: use the secret registered with Khoros "
                            "for this CRM.")
 
