@@ -34,6 +34,7 @@ from requests.structures import CaseInsensitiveDict
 from ..errors import FieldError, KhorosError, MappingRuntimeError, UpstreamError, error_for_code
 from . import context, resume
 from .budget import Deadline
+from .paths import direct
 from .resume import Find
 from .templating import OMIT, Compiled
 from .upstream import Client, Inbound, Outbound, is_html_page
@@ -84,6 +85,19 @@ class Extraction:
     pattern: re.Pattern[str] | None = None  # applied to the header: its first group, else the whole match
     lenient: bool = False  # many: accept whatever [*] meets (an object's values) instead of requiring a list
 
+    def __post_init__(self) -> None:
+        # The path and what comes before its first [*], read without jsonpath-ng when plain
+        # (see mapper/core/paths.py); None where jsonpath-ng must answer.
+        self._find = direct(self.path) if self.path is not None else None
+        container = _before_wildcard(self.path)
+        self._container = container
+        self._find_container = direct(container) if container is not None else None
+
+    def _matches(self, data: Any) -> list[Any]:
+        assert self.path is not None
+        found = self._find(data) if self._find is not None else None
+        return found if found is not None else [m.value for m in self.path.find(data)]
+
     def extract(self, scope: dict[str, Any]) -> Any:
         if self.expression is not None:
             try:
@@ -104,7 +118,7 @@ class Extraction:
                     f"The CRM's answer had {problem} for '{self.name}' ({self.where}); "
                     f"{describe_keys('answer', scope['response'])}. The CRM may have changed its API or "
                     "answered with an error; write 'lenient: true' if other shapes are expected.")
-        matches = [m.value for m in self.path.find(scope["response"])]
+        matches = self._matches(scope["response"])
         if self.many:
             return matches
         if matches:
@@ -120,15 +134,17 @@ class Extraction:
         """What is wrong when the path's first ``[*]`` meets something other than a list
         (JSONPath would read an object's values, or nothing, and an error would pass as
         "no matches"); None when all is well or the path has no ``[*]``."""
-        container = _before_wildcard(self.path)
+        container = self._container
         if container is None:
             return None
-        found = container.find(response)
+        found = self._find_container(response) if self._find_container is not None else None
+        if found is None:
+            found = [m.value for m in container.find(response)]
         if not found:
             return f"nothing at {container} (a list was expected at {self.path_text})"
-        for match in found:
-            if not isinstance(match.value, list):
-                return f"{type(match.value).__name__} where {self.path_text} expects a list"
+        for value in found:
+            if not isinstance(value, list):
+                return f"{type(value).__name__} where {self.path_text} expects a list"
         return None
 
     def _from_header(self, headers: Any) -> Any:
