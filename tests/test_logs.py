@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from collections.abc import Iterator
 from urllib.parse import quote
 
@@ -143,3 +144,39 @@ def test_a_secret_learned_after_a_record_was_made_is_redacted_when_it_is_written
     logger.handle(record)
     assert stream.getvalue().rstrip().endswith(f"got {REDACTED} and {REDACTED}")
 
+
+
+def test_lines_written_by_many_threads_to_a_file_stay_whole_and_redacted(tmp_path):
+    # A real file takes the lock-free path (one os.write per line); a line longer than
+    # one atomic write goes through the handler's lock. Neither may cut or mix lines.
+    import threading
+
+    from mapper.service.logwrite import ATOMIC_BYTES
+
+    with open(tmp_path / "log.txt", "w") as file:
+        configure("INFO", [SECRET], stream=file)
+        log = logging.getLogger("mapper.test")
+        long_text = "x" * (ATOMIC_BYTES + 100)
+
+        def write(n: int) -> None:
+            for i in range(200):
+                log.info("thread %d line %d %s %s", n, i, SECRET, long_text if i % 50 == 0 else "y" * (i % 37))
+
+        threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    reset_mapper_logging()
+    lines = (tmp_path / "log.txt").read_text().splitlines()
+    assert len(lines) == 8 * 200
+    assert SECRET not in "\n".join(lines)
+    seen = set()
+    for line in lines:
+        match = re.fullmatch(r"\S+ \S+ INFO mapper\.test thread (\d) line (\d+) (\S+) (x*|y*)", line)
+        assert match, line[:100]
+        n, i, secret, padding = int(match[1]), int(match[2]), match[3], match[4]
+        assert secret == REDACTED
+        assert padding == (long_text if i % 50 == 0 else "y" * (i % 37))
+        seen.add((n, i))
+    assert len(seen) == 8 * 200

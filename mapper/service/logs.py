@@ -23,6 +23,7 @@ from typing import Any
 
 from ..core.redaction import REDACTED, Redactor
 from .logformat import RequestContextFilter, formatter_for
+from .logwrite import LineHandler
 
 __all__ = ["REDACTED", "RedactSecrets", "configure", "scrub"]
 
@@ -117,7 +118,7 @@ def configure(level: str = "INFO", secrets: Iterable[str] = (), stream: Any = No
     redacting = RedactSecrets(secrets, redactor)
     _ACTIVE.add(redacting.redactor)
     _install_factory()
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = LineHandler(stream or sys.stderr)
     handler.setFormatter(formatter_for(fmt if fmt is not None else os.environ.get("MAPPER_LOG_FORMAT", "text")))
     handler.addFilter(RequestContextFilter())
     handler.addFilter(redacting)
