@@ -12,6 +12,7 @@ import hmac
 import json
 import logging
 import os
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -111,9 +112,12 @@ def pool_size_from_environ() -> int:
 
 
 def new_trace_id() -> str:
-    """16 random hex digits, the id Khoros shows; eight bytes from the OS, which is all that
-    ``uuid4().hex[:16]`` kept of its sixteen, without building the UUID."""
-    return os.urandom(8).hex()
+    """16 random hex digits, the id Khoros shows (as many as ``uuid4().hex[:16]`` kept).
+
+    From :mod:`random` (seeded by the OS, and again in every forked worker), not from
+    ``os.urandom``: a trace id is a label, not a secret, and a system call per request
+    lets every other thread take the interpreter in between."""
+    return f"{random.getrandbits(64):016x}"
 
 
 def _json(payload: Any, status: int) -> Response:
