@@ -10,7 +10,7 @@ seconds, then the README's production command,
 threads by default; anything after ``--`` is passed to it, e.g.
 ``-- --workers 4 --threads 8`` to compare), and holds ``--connections``
 requests in flight with wrk for ``--seconds``: 70 % customer lookups, 20 %
-searches, 10 % case creates with one interaction (2 CRM calls). It prints
+searches, 10 % case creates with one interaction (3 CRM calls). It prints
 req/s, p50, p99 and the worst latency, and every error (socket errors,
 timeouts past 10 s, answers other than 2xx). Loopback only; it stops by itself.
 """

@@ -129,7 +129,8 @@ class HandWrittenDemo:
         return self._customer(response.json())
 
     def create_case(self, body: dict[str, Any]) -> dict[str, Any]:
-        """``POST /case``: create the case, then one note per interaction; answer the case with them."""
+        """``POST /case``: create the case, then one note per interaction, then read its notes
+        back (as the demo mapping does); answer the case with them."""
         if not isinstance(body, dict):
             raise Invalid("The request body must be a JSON object.")
         unknown = set(body) - CASE_FIELDS - {"customerId", "interactions"} - CASE_IGNORED
@@ -152,7 +153,6 @@ class HandWrittenDemo:
             if name in body:
                 record[name] = body[name]
         case = self._post("/cases", record)
-        notes = []
         for post in interactions:
             author = post.get("author")
             note: dict[str, Any] = {
@@ -163,7 +163,8 @@ class HandWrittenDemo:
                             author_id=author.get("serviceId"), brand_owned=author.get("brandOwned"))
             else:
                 note["brand_owned"] = False
-            notes.append(self._post(f"/cases/{_segment(str(case['id']))}/notes", note))
+            self._post(f"/cases/{_segment(str(case['id']))}/notes", note)
+        notes = self._get(f"/cases/{_segment(str(case['id']))}/notes")["items"]
         return self._case(case, notes)
 
     def get_case(self, case_id: str) -> dict[str, Any]:

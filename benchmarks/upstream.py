@@ -5,9 +5,10 @@ Run: ``python -m benchmarks.upstream --port 8765 [--delay 0.3]``
 The benchmarks measure our server, not the CRM, so this one does as little
 as it can: one asyncio loop, HTTP/1.1 keep-alive, fixed JSON answers in the
 demo CRM's shapes for the routes ``mappings/demo.yaml`` calls in the
-benchmarked operations (customer lookup, customer search, case create and
-note create). With ``--delay`` every answer waits that long first, as a real
-CRM does (300 ms to 1 s per call), without holding any thread.
+benchmarked operations (customer lookup, customer search, case create, note
+create, and the case's notes read back). With ``--delay`` every answer waits
+that long first, as a real CRM does (300 ms to 1 s per call), without
+holding any thread.
 Loopback only: it binds 127.0.0.1.
 """
 
@@ -33,6 +34,7 @@ ROUTES: list[tuple[str, re.Pattern[str], int, bytes]] = [
     ("GET", re.compile(r"^/customers$"), 200, json.dumps({"items": [CUSTOMER], "total": 1}).encode()),
     ("POST", re.compile(r"^/cases$"), 201, json.dumps(CASE).encode()),
     ("POST", re.compile(r"^/cases/\d+/notes$"), 201, json.dumps(NOTE).encode()),
+    ("GET", re.compile(r"^/cases/\d+/notes$"), 200, json.dumps({"items": [NOTE], "total": 1}).encode()),
 ]
 NOT_FOUND = b'{"error": "not found"}'
 REASONS = {200: b"OK", 201: b"Created", 404: b"Not Found"}
