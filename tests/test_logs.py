@@ -180,3 +180,19 @@ def test_lines_written_by_many_threads_to_a_file_stay_whole_and_redacted(tmp_pat
         assert padding == (long_text if i % 50 == 0 else "y" * (i % 37))
         seen.add((n, i))
     assert len(seen) == 8 * 200
+
+
+def test_a_handler_given_another_stream_writes_there(tmp_path):
+    from mapper.service.logwrite import LineHandler
+
+    first, second = open(tmp_path / "first.txt", "w"), open(tmp_path / "second.txt", "w")  # noqa: SIM115
+    with first, second:
+        handler = LineHandler(first)
+        handler.handle(logging.makeLogRecord({"msg": "one"}))
+        handler.setStream(second)
+        handler.handle(logging.makeLogRecord({"msg": "two"}))
+        handler.setStream(io.StringIO())  # no file descriptor: through the stream itself
+        handler.handle(logging.makeLogRecord({"msg": "three"}))
+        assert handler.stream.getvalue() == "three\n"
+    assert (tmp_path / "first.txt").read_text() == "one\n"
+    assert (tmp_path / "second.txt").read_text() == "two\n"

@@ -34,12 +34,21 @@ class LineHandler(logging.StreamHandler):
 
     def __init__(self, stream: Any = None) -> None:
         super().__init__(stream)
+        self._learn(self.stream)
+
+    def _learn(self, stream: Any) -> None:
+        """The stream's file descriptor (None if it has none) and how it encodes text."""
         try:
-            self._fd: int | None = self.stream.fileno()
-        except (AttributeError, OSError, io.UnsupportedOperation):
+            self._fd: int | None = stream.fileno()
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
             self._fd = None
-        self._encoding = getattr(self.stream, "encoding", None) or "utf-8"
-        self._errors = getattr(self.stream, "errors", None) or "backslashreplace"
+        self._encoding = getattr(stream, "encoding", None) or "utf-8"
+        self._errors = getattr(stream, "errors", None) or "backslashreplace"
+
+    def setStream(self, stream: Any) -> Any:
+        old = super().setStream(stream)
+        self._learn(self.stream)
+        return old
 
     def handle(self, record: logging.LogRecord) -> Any:
         kept = self.filter(record)
