@@ -63,7 +63,7 @@ from .templating import (
     environments,
     iter_templates,
 )
-from .upstream import SAFE_METHODS
+from .upstream import is_safe
 
 SCHEMA_PATH = os.path.join(SCHEMA_DIR, "mapping.schema.json")
 with open(SCHEMA_PATH, encoding="utf-8") as _handle:
@@ -859,8 +859,7 @@ def _reads(node: nodes.Node, name: str) -> bool:
 def _is_write(request: dict[str, Any]) -> bool:
     """Whether a request is a write: one that is not safe to send twice (GET and HEAD are,
     and any request the mapping marks ``safe: true``). Only its step may send it again."""
-    safe = request.get("safe")
-    return not (safe if safe is not None else str(request.get("method", "")).upper() in SAFE_METHODS)
+    return not is_safe(str(request.get("method", "")), request.get("safe"))
 
 
 def _guarded(ast: nodes.Template, name: str, condition: nodes.Expr | None, step_when: nodes.Expr | None) -> bool:

@@ -61,6 +61,12 @@ READ_RETRY = Retry(total=2, connect=2, read=2, status=2, other=0, redirect=0, al
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
+def is_safe(method: str, safe: bool | None = None) -> bool:
+    """Whether a call may be sent again: what the mapping's ``safe:`` says, else whether
+    its method only reads. The client retries these; any other call is a write."""
+    return safe if safe is not None else method.upper() in SAFE_METHODS
+
+
 @dataclass
 class Outbound:
     """One fully rendered request to the CRM."""
@@ -168,12 +174,11 @@ class Client:
         """Send with credentials; refresh them once if the CRM says they expired; wait out
         429s that fit the budget; retry what may be retried while the budget allows.
 
-        ``safe``: the call may be sent again (a read); by default true for GET and HEAD only.
+        ``safe``: the call may be sent again (a read); by default true for GET, HEAD and OPTIONS.
         A safe call is retried on connection failures, timeouts, 502/503/504 and HTML error
         pages; any other call is a write, sent once: the step that makes it decides on
         another send (:mod:`mapper.core.resume`)."""
-        if safe is None:
-            safe = outbound.method.upper() in SAFE_METHODS
+        safe = is_safe(outbound.method, safe)
         retry = self.read_retry
         refreshed = False
         rate_limited = 0
