@@ -352,9 +352,10 @@ def reload(pid: int | None, pid_file: str | None, url: str | None, check: tuple[
         assert pid_file is not None
         with open(pid_file, encoding="ascii") as handle:
             pid = int(handle.read().strip())
+    headers = _admin_headers()
     if url:
         try:
-            _readyz(url)  # it answers before we signal: the wait below can only fail on the reload
+            _readyz(url, headers)  # it answers before we signal: the wait below can only fail on the reload
         except (requests.RequestException, ValueError) as exc:
             click.echo(f"Not reloading: {url}/readyz does not answer ({type(exc).__name__}).", err=True)
             sys.exit(2)
@@ -362,19 +363,25 @@ def reload(pid: int | None, pid_file: str | None, url: str | None, check: tuple[
     os.kill(pid, signal.SIGHUP)
     click.echo(f"Sent SIGHUP to {pid}; its /readyz shows the result.")
     if url:
-        sys.exit(_wait_for_reload(url, sent))
+        sys.exit(_wait_for_reload(url, sent, headers))
 
 
-def _readyz(url: str) -> dict[str, Any]:
-    raw = os.environ.get("MAPPER_ADMIN_TOKENS") or os.environ.get("MAPPER_CONSOLE_TOKEN", "")  # the latter deprecated
-    token = raw.split(",")[0].strip()
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+def _admin_headers() -> dict[str, str]:
+    """The first admin token, read as the server reads it (the deprecated variable too), so
+    that /readyz shows the problems of a refused reload; none when no admin token is set."""
+    from ..service.tenants import DEFAULT_ADMIN_ENV, admin_tokens
+
+    tokens = admin_tokens(os.environ, DEFAULT_ADMIN_ENV)
+    return {"Authorization": f"Bearer {tokens[0]}"} if tokens else {}
+
+
+def _readyz(url: str, headers: dict[str, str]) -> dict[str, Any]:
     with requests.Session() as session:  # a new connection each time: another worker may answer
         answer: dict[str, Any] = session.get(url.rstrip("/") + "/readyz", headers=headers, timeout=10).json()
     return answer
 
 
-def _wait_for_reload(url: str, sent: float, seconds: float = 60.0) -> int:
+def _wait_for_reload(url: str, sent: float, headers: dict[str, str], seconds: float = 60.0) -> int:
     """Until five answers in a row (likely from different workers) show the outcome of a
     reload that happened after the signal was sent (same machine, same clock)."""
     from ..service.reload import iso_time
@@ -384,7 +391,7 @@ def _wait_for_reload(url: str, sent: float, seconds: float = 60.0) -> int:
     deadline = time.monotonic() + seconds
     ready: dict[str, Any] = {}
     while time.monotonic() < deadline and agreeing < 5:
-        ready = _readyz(url)
+        ready = _readyz(url, headers)
         last = ready.get("last_reload") or {}
         done = str(last.get("at", "")) > after
         agreeing = agreeing + 1 if done else 0
