@@ -207,7 +207,7 @@ class Engine:
              trace_id: str, trace: Trace | None, arrived: float | None,
              limits: Limits, key: str) -> tuple[int, Any]:
         op = OPERATIONS_BY_NAME[name]
-        check_id(id, op.object_kind if name != "customer_cases" else "customer", limits)
+        check_id(id, op.id_kind, limits)
         compiled = self.mapping.operations[name]
         if compiled.unsupported:
             raise Unsupported(f"This CRM does not support '{op.summary.rstrip('.')}': {compiled.unsupported}")

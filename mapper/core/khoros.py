@@ -32,6 +32,12 @@ class Operation:
     def has_id(self) -> bool:
         return "<id>" in self.rule
 
+    @property
+    def id_kind(self) -> str:
+        """What the path's id names: the path's first segment (``/customer/<id>/cases``
+        lists cases, but its id is a customer's)."""
+        return self.rule.split("/")[1]
+
 
 OPERATIONS: tuple[Operation, ...] = (
     Operation("search_customers", "POST", "/customers", 200, "search", "customer", True,

@@ -150,8 +150,7 @@ def _meta_operation() -> dict[str, Any]:
 def _parameters(op: Operation, limits: Limits) -> list[dict[str, Any]]:
     out = []
     if op.has_id:
-        out.append({"name": "id", "in": "path", "required": True, "description": f"The CRM's {op.object_kind}"
-                    f" id{' (of the customer)' if op.name == 'customer_cases' else ''}.",
+        out.append({"name": "id", "in": "path", "required": True, "description": f"The CRM's {op.id_kind} id.",
                     "schema": {"type": "string", "minLength": 1, "maxLength": limits.id_chars}})
     return out + _tenancy_parameters()
 
