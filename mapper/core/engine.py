@@ -221,8 +221,7 @@ class Engine:
         clean = self._check_input(op, body, trace_id, deadline)
         run = self._new_run(deadline, trace_id)
         run.trace = trace
-        scope = self._scope(clean, id, tenancy or Tenancy(), trace_id)
-        scope["idempotency_key"] = key
+        scope = self._scope(clean, id, tenancy or Tenancy(), trace_id, key)
         run.run_steps(compiled.steps, scope)
         return op.success, self._shape(op, compiled, scope)
 
@@ -259,10 +258,11 @@ class Engine:
                    self.mapping.errors, redact=self.redactor.redact_value,
                    traceparent=self.mapping.traceparent)
 
-    def _scope(self, body: dict[str, Any], id: str | None, tenancy: Tenancy, trace_id: str) -> dict[str, Any]:
+    def _scope(self, body: dict[str, Any], id: str | None, tenancy: Tenancy, trace_id: str,
+               key: str | None = None) -> dict[str, Any]:
         return {"body": body, "id": id, "khoros": tenancy.as_dict(), "settings": self.settings,
                 "secrets": self.secrets, "auth": getattr(self.client.signer, "values", {}),
-                "now": self.clock(), "trace_id": trace_id, "idempotency_key": None}
+                "now": self.clock(), "trace_id": trace_id, "idempotency_key": key}
 
     def _shape(self, op: Operation, compiled: CompiledOperation, scope: dict[str, Any]) -> Any:
         assert compiled.result is not None
