@@ -135,5 +135,5 @@ def _give_up(step: RequestStep, run: Run, scope: dict[str, Any], failed: WriteFa
     if failed.error is not None:
         raise failed.error
     assert failed.answer is not None
-    step._check(run, scope, failed.answer, failed.outbound)
-    raise UpstreamError(f"The CRM answered HTTP {failed.answer.status} to {failed.outbound.describe()}.")
+    step._check(run, scope, failed.answer, failed.outbound)  # raises: the step does not accept this 5xx
+    raise AssertionError(f"step '{step.name}' accepted HTTP {failed.answer.status}, which WriteFailed excludes")
