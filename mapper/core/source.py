@@ -18,7 +18,7 @@ from ..errors import ConfigError, Problem
 
 # libyaml's loader when PyYAML was built with it: the same nodes and line marks, in a fifth of
 # the time of the pure-Python one (which was a quarter of a mapping's start-up).
-_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 Path = tuple[Any, ...]
 
@@ -106,7 +106,7 @@ def load_source(file: str, text: str | None = None) -> SourceDocument:
         except OSError as exc:
             raise ConfigError([Problem(file, 0, "", f"cannot read the file: {exc.strerror}")]) from exc
     try:
-        node = yaml.compose(text, Loader=_LOADER)
+        node = yaml.compose(text, Loader=YAML_LOADER)
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else 0
         raise ConfigError([Problem(file, line, "", f"not valid YAML: {exc.problem}")]) from exc

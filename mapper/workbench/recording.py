@@ -56,11 +56,11 @@ import yaml
 from requests.adapters import HTTPAdapter
 
 from ..core.engine import Engine, Tenancy
+from ..core.source import YAML_LOADER
 from ..errors import KhorosError
 
 SESSION_FILE = "session.yaml"
 # libyaml when PyYAML was built with it: recordings are big, the pure-Python parser slow.
-_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 PLACEHOLDER_ORIGIN = "http://crm.invalid"
 # Response headers that change on every run and that no mapping reads.
@@ -343,7 +343,7 @@ def find_recordings(paths: Iterable[str]) -> list[str]:
 
 def _read_yaml(path: str) -> Any:
     with open(path, encoding="utf-8") as handle:
-        return yaml.load(handle, Loader=_LOADER)  # noqa: S506 (a safe loader: libyaml's or PyYAML's)
+        return yaml.load(handle, Loader=YAML_LOADER)  # noqa: S506 (a safe loader: libyaml's or PyYAML's)
 
 
 CASE_FILE = re.compile(r"^\d+-[a-z_]+\.yaml$")

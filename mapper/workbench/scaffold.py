@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-HTTP_METHODS = ("get", "post", "put", "patch", "delete")
+from ..core.source import YAML_LOADER
+
 CREATED_NAMES = ("add_time", "created_at", "createdAt", "created", "create_time", "creation_date", "created_time")
 UPDATED_NAMES = ("update_time", "updated_at", "updatedAt", "updated", "last_modified", "modified_at")
 
@@ -48,7 +48,7 @@ class Spec:
     @classmethod
     def load(cls, path: str) -> Spec:
         with open(path, encoding="utf-8") as handle:
-            data = yaml.load(handle, Loader=_LOADER)  # noqa: S506 (a safe loader: libyaml's or PyYAML's)
+            data = yaml.load(handle, Loader=YAML_LOADER)  # noqa: S506 (a safe loader: libyaml's or PyYAML's)
         if not isinstance(data, dict) or "paths" not in data:
             raise ScaffoldError(f"{path} is not an OpenAPI description (it has no 'paths').")
         server = ((data.get("servers") or [{}])[0] or {}).get("url", "")
