@@ -145,3 +145,11 @@ def test_with_tenants_it_describes_the_tenant_the_headers_select(tmp_path) -> No
         app.config["RUNTIME"].current.close()
     assert titles[0].startswith("people:") and titles[1].startswith("people-traced:")
     assert crossed.status_code == 401 and crossed.json()["error"] == "unauthorized"
+
+
+def test_a_path_id_is_described_as_the_record_it_names() -> None:
+    """``/customer/{id}/cases`` lists cases, but its id is a customer's."""
+    _, doc = _document(SHIPPED[0])
+    for path, kind in (("/customer/{id}/cases", "customer"), ("/customer/{id}", "customer"), ("/case/{id}", "case")):
+        (parameter,) = [p for p in doc["paths"][path]["get"]["parameters"] if p["in"] == "path"]
+        assert parameter["description"] == f"The CRM's {kind} id."
