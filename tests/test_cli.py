@@ -135,3 +135,17 @@ def test_validate_refuses_a_name_set_only_under_when(runner):
     assert result.exit_code == 1
     assert f"{path}:36: operations.get_customer.result: 'customer' is set only when the step at line 30 runs" \
         in result.stderr
+
+
+def test_mapper_reload_sends_the_admin_token_the_server_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--url`` shows the problems of a refused reload only with an admin token: the first of
+    MAPPER_ADMIN_TOKENS, else of the deprecated MAPPER_CONSOLE_TOKEN, as the server reads them."""
+    from mapper.workbench.cli import _admin_headers
+
+    monkeypatch.delenv("MAPPER_ADMIN_TOKENS", raising=False)
+    monkeypatch.delenv("MAPPER_CONSOLE_TOKEN", raising=False)
+    assert _admin_headers() == {}
+    monkeypatch.setenv("MAPPER_CONSOLE_TOKEN", " old-admin , older ")
+    assert _admin_headers() == {"Authorization": "Bearer old-admin"}
+    monkeypatch.setenv("MAPPER_ADMIN_TOKENS", "new-admin,next-admin")
+    assert _admin_headers() == {"Authorization": "Bearer new-admin"}
