@@ -5,10 +5,17 @@ Run: ``python -m benchmarks.upstream --port 8765 [--delay 0.3]``
 The benchmarks measure our server, not the CRM, so this one does as little
 as it can: one asyncio loop, HTTP/1.1 keep-alive, fixed JSON answers in the
 demo CRM's shapes for the routes ``mappings/demo.yaml`` calls in the
-benchmarked operations (customer lookup, customer search, case create, note
-create, and the case's notes read back). With ``--delay`` every answer waits
-that long first, as a real CRM does (300 ms to 1 s per call), without
-holding any thread.
+benchmarked operations (customer lookup, customer search, and case create:
+the look-up of the case by its request key, the case, its note, the case's
+notes read back). The look-up always finds nothing, as the demo CRM answers
+for a key it has not seen: the benchmarks send each create once, so every
+create is a new one. With ``--delay`` every answer waits that long first, as
+a real CRM does (300 ms to 1 s per call), without holding any thread.
+
+``GET /_calls`` (never delayed, never counted) tells the benchmarks what
+reached the CRM: how many calls so far, and the last few (method, target and
+body), which it then forgets. The benchmarks use it to check that both sides
+make the same calls and that every timed request made them.
 Loopback only: it binds 127.0.0.1.
 """
 
@@ -19,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import re
+from collections import deque
 
 CUSTOMER = {"id": 42, "first_name": "Jane", "last_name": "Doe", "email": "jane@example.com",
             "phone": "+1 555 0100", "twitter": "janedoe", "tier": "gold", "vip": True, "notes": None,
@@ -34,13 +42,33 @@ ROUTES: list[tuple[str, re.Pattern[str], int, bytes]] = [
     ("GET", re.compile(r"^/customers$"), 200, json.dumps({"items": [CUSTOMER], "total": 1}).encode()),
     ("POST", re.compile(r"^/cases$"), 201, json.dumps(CASE).encode()),
     ("POST", re.compile(r"^/cases/\d+/notes$"), 201, json.dumps(NOTE).encode()),
-    ("GET", re.compile(r"^/cases/\d+/notes$"), 200, json.dumps({"items": [NOTE], "total": 1}).encode()),
+    ("GET", re.compile(r"^/cases/\d+/notes$"), 200, json.dumps({"items": [NOTE]}).encode()),
+    # A create's find: `GET /cases?external_id=<request key>`; no case has the key yet.
+    ("GET", re.compile(r"^/cases$"), 200, json.dumps({"total": 0, "items": []}).encode()),
 ]
 NOT_FOUND = b'{"error": "not found"}'
 REASONS = {200: b"OK", 201: b"Created", 404: b"Not Found"}
+CALLS_PATH = "/_calls"
 
 
-async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
+class Calls:
+    """What reached the CRM: a count, and the last calls until someone reads them."""
+
+    def __init__(self, keep: int = 32) -> None:
+        self.count = 0
+        self.recent: deque[tuple[str, str, str]] = deque(maxlen=keep)
+
+    def add(self, method: str, target: str, body: bytes) -> None:
+        self.count += 1
+        self.recent.append((method, target, body.decode("utf-8", "replace")))
+
+    def report(self) -> bytes:
+        text = json.dumps({"count": self.count, "recent": list(self.recent)}).encode()
+        self.recent.clear()
+        return text
+
+
+async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float, calls: Calls) -> None:
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -55,16 +83,19 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, del
                     length = int(value)
                 elif name == "connection" and value.strip().lower() == "close":
                     close = True
-            if length:
-                await reader.readexactly(length)
+            sent = await reader.readexactly(length) if length else b""
             path = target.split("?", 1)[0]
             status, body = 404, NOT_FOUND
-            for route_method, pattern, route_status, route_body in ROUTES:
-                if method == route_method and pattern.match(path):
-                    status, body = route_status, route_body
-                    break
-            if delay:
-                await asyncio.sleep(delay)
+            if path == CALLS_PATH:
+                status, body = 200, calls.report()
+            else:
+                calls.add(method, target, sent)
+                for route_method, pattern, route_status, route_body in ROUTES:
+                    if method == route_method and pattern.match(path):
+                        status, body = route_status, route_body
+                        break
+                if delay:
+                    await asyncio.sleep(delay)
             writer.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                          % (status, REASONS[status], len(body), body))
             await writer.drain()
@@ -77,7 +108,8 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, del
 
 
 async def serve(port: int, delay: float) -> None:
-    server = await asyncio.start_server(lambda r, w: handle(r, w, delay), "127.0.0.1", port, backlog=1024)
+    calls = Calls()
+    server = await asyncio.start_server(lambda r, w: handle(r, w, delay, calls), "127.0.0.1", port, backlog=1024)
     async with server:
         await server.serve_forever()
 
