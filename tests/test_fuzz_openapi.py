@@ -38,6 +38,7 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.engine import StopReason, events
 
 from mapper.core.khoros import OPERATIONS
+from tests.support.healthz import wait_for_health
 from tests.support.live_server import free_port
 from tests.targets.registry import ROOT
 
@@ -85,16 +86,7 @@ def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
                                     "--threads", "8"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert process.poll() is None, log.read_text()
-            try:
-                if requests.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.2)
-        else:
-            pytest.fail("serve.py did not answer /healthz within 60 s")
+        wait_for_health(url, process, "serve.py", 60, log.read_text)
         yield url, log
     finally:
         process.terminate()

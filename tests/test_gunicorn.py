@@ -10,12 +10,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import pytest
-import requests
 
+from tests.support.healthz import wait_for_health
 from tests.support.khoros import KhorosClient
 from tests.support.live_server import free_port
 from tests.targets.registry import ROOT
@@ -35,17 +34,7 @@ def gunicorn_server(demo_env: dict[str, str]) -> Iterator[str]:
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                pytest.fail(f"gunicorn exited: {process.stdout.read() if process.stdout else ''}")
-            try:
-                if requests.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:  # refused or still booting
-                time.sleep(0.2)
-        else:
-            pytest.fail("gunicorn did not answer /healthz within 30 s")
+        wait_for_health(url, process, "gunicorn", output=lambda: process.stdout.read() if process.stdout else "")
         yield url
     finally:
         process.terminate()

@@ -19,7 +19,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -27,6 +26,7 @@ import pytest
 import requests
 
 from mapper.service.app import create_app
+from tests.support.healthz import wait_for_health
 from tests.support.live_server import free_port, serve
 from tests.targets.registry import ROOT
 
@@ -102,16 +102,7 @@ def gunicorn_server(environ: dict[str, str]) -> Iterator[str]:
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert process.poll() is None, "gunicorn exited"
-            try:
-                if requests.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.2)
-        else:
-            pytest.fail("gunicorn did not answer /healthz within 30 s")
+        wait_for_health(url, process, "gunicorn")
         yield url
     finally:
         process.terminate()

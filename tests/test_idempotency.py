@@ -24,6 +24,7 @@ from mapper.errors import ConfigError, KhorosError
 from mapper.service import idempotency
 from mapper.service.idempotency import Guard, MemoryStore, RedisStore, Settings, settings_from
 from mapper.service.tenants import load_server
+from tests.support.healthz import wait_for_health
 from tests.support.khoros import KhorosClient
 from tests.support.live_server import free_port
 from tests.support.redis_server import redis_url  # noqa: F401  (fixture)
@@ -255,25 +256,12 @@ def serve(port: int, environ: dict[str, str], args: list[str]) -> subprocess.Pop
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
 
 
-def wait_ready(url: str, process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"serve.py exited with {process.returncode}")
-        try:
-            if requests.get(url + "/healthz", timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            time.sleep(0.2)
-    pytest.fail("serve.py did not answer /healthz within 30 s")
-
-
 def two_servers(environ: dict[str, str], args: list[str]) -> Iterator[tuple[KhorosClient, KhorosClient]]:
     ports = [free_port(), free_port()]
     processes = [serve(port, environ, args) for port in ports]
     try:
         for port, process in zip(ports, processes, strict=True):
-            wait_ready(f"http://127.0.0.1:{port}", process)
+            wait_for_health(f"http://127.0.0.1:{port}", process, "serve.py")
         yield KhorosClient(f"http://127.0.0.1:{ports[0]}", TOKEN), KhorosClient(f"http://127.0.0.1:{ports[1]}", TOKEN)
     finally:
         for process in processes:

@@ -20,6 +20,7 @@ import requests
 from flask import Flask, Response, jsonify
 
 from mapper.service.server import settings
+from tests.support.healthz import wait_for_health
 from tests.support.live_server import LiveServer, free_port, serve
 from tests.targets.registry import ROOT
 
@@ -63,17 +64,7 @@ def production(crm: LiveServer) -> Iterator[tuple[str, list[str]]]:
     reader = threading.Thread(target=lambda: lines.extend(process.stdout or ()), daemon=True)
     reader.start()
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                pytest.fail(f"serve.py exited: {process.stdout.read() if process.stdout else ''}")
-            try:
-                if requests.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.2)
-        else:
-            pytest.fail("serve.py did not answer /healthz within 30 s")
+        wait_for_health(url, process, "serve.py", output=lambda: "".join(lines))
         yield url, lines
     finally:
         process.terminate()
