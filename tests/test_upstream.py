@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -239,6 +240,46 @@ def test_a_crm_that_hangs_is_a_timeout_inside_the_deadline(crm):
     assert caught.value.code == "crm_timeout"
     assert "GET /hang" in caught.value.message
     assert caught.value.status == 500
+
+
+def test_a_reused_connection_blocks_and_its_watch_still_cuts_a_hang():
+    # Once connected, a call's socket has no timeout of its own (one would cost a poll before
+    # every send and receive): the watchdog alone ends a call on a reused connection.
+    listener = socket.create_server(("127.0.0.1", 0))
+    requests_seen: list[bytes] = []
+    done = threading.Event()
+
+    def keep_alive_then_hang() -> None:  # one connection: answers the first request, not the second
+        conn, _ = listener.accept()
+        with conn:
+            while len(requests_seen) < 2:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                requests_seen.append(data)
+                if len(requests_seen) == 1:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: 2\r\n\r\n{}")
+            done.wait(10)
+
+    server = threading.Thread(target=keep_alive_then_hang, daemon=True)
+    server.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    client = Client(call_timeout=20.0, max_body_bytes=4096)
+    try:
+        assert client.send(Outbound("GET", url + "/first"), Deadline(8)).body == {}
+        pools = client.session.get_adapter(url).poolmanager.pools
+        [pooled] = [c for key in list(pools) for c in list(pools[key].pool.queue) if c is not None and c.sock]
+        assert pooled.sock.gettimeout() is None  # blocking: no poll before each send and receive
+        started = time.monotonic()
+        with pytest.raises(UpstreamTimeout):
+            client.send(Outbound("GET", url + "/second"), Deadline(1.5))
+        assert time.monotonic() - started < 1.5
+        assert [r.split(b" ")[1] for r in requests_seen] == [b"/first", b"/second"]  # one connection
+    finally:
+        done.set()
+        client.close()
+        listener.close()
 
 
 def test_the_call_timeout_caps_a_call_even_when_the_budget_is_larger(crm):

@@ -257,8 +257,9 @@ class Client:
                 f"({deadline.seconds:g} s) was already spent by earlier CRM calls.")
         _check_header_values(outbound)
         started = time.monotonic()
+        # Only the connect has a socket timeout: after it, the watch below bounds the exchange.
         kwargs: dict[str, Any] = {"params": outbound.params or None, "headers": outbound.headers,
-                                  "timeout": (min(allowed, CONNECT_SECONDS), allowed), "stream": True,
+                                  "timeout": (min(allowed, CONNECT_SECONDS), None), "stream": True,
                                   "allow_redirects": False}
         if outbound.has_json_body:
             kwargs["json"] = outbound.json_body
@@ -279,7 +280,10 @@ class Client:
                 raise _no_answer(outbound, allowed, _read_timeout(outbound, "deadline"))
         seconds = time.monotonic() - started
         text = raw.decode(_charset(response), errors="replace")
-        answer = Inbound(response.status_code, CaseInsensitiveDict(response.headers), _parse(text), text, seconds)
+        headers = response.headers  # a CaseInsensitiveDict made for this answer alone (WatchedAdapter)
+        if not isinstance(headers, CaseInsensitiveDict):
+            headers = CaseInsensitiveDict(headers)
+        answer = Inbound(response.status_code, headers, _parse(text), text, seconds)
         log.debug("CRM %s -> %s in %.3fs", outbound.describe(), answer.status, seconds)
         return answer
 
