@@ -81,6 +81,7 @@ _MARK = "@@unique@@"
 
 @dataclass(frozen=True)
 class Operation:
+    key: str  # the name --only takes
     label: str
     method: str
     path: str
@@ -115,9 +116,9 @@ def unique_lua() -> str:
 
 
 OPERATIONS = [
-    Operation("customer lookup", "GET", "/api/v1/customer/42", None, 1),
-    Operation("customer search", "POST", "/api/v1/customers", {"email": "jane@example.com"}, 1),
-    Operation("case create + 1 interaction", "POST", "/api/v1/case",
+    Operation("lookup", "customer lookup", "GET", "/api/v1/customer/42", None, 1),
+    Operation("search", "customer search", "POST", "/api/v1/customers", {"email": "jane@example.com"}, 1),
+    Operation("create", "case create + 1 interaction", "POST", "/api/v1/case",
               {"customerId": "42", "title": "Broken charger", "description": "It sparks.", "priority": "normal",
                "interactions": [INTERACTION]}, 4, unique="title"),
 ]
@@ -135,9 +136,9 @@ def crm_seen(crm_url: str) -> tuple[int, list[tuple[str, str, list[tuple[str, st
     return int(seen["count"]), recent
 
 
-def check_same_work(servers: dict[str, Server], crm_url: str) -> None:
+def check_same_work(servers: dict[str, Server], crm_url: str, operations: list[Operation]) -> None:
     """Both sides must answer the same and make the same CRM calls, or timing them means nothing."""
-    for op in OPERATIONS:
+    for op in operations:
         answers, calls = {}, {}
         for name, server in servers.items():
             crm_seen(crm_url)
@@ -161,10 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
     parser.add_argument("--threads", type=int, default=16, help="gunicorn threads per server (default 16)")
     parser.add_argument("--log-level", default="INFO", help="MAPPER_LOG_LEVEL of the engine (default INFO)")
+    parser.add_argument("--only", choices=[op.key for op in OPERATIONS], action="append",
+                        help="time this operation only (repeat for several; default all three)")
     args = parser.parse_args(argv)
     if not wrk_available():
         print("wrk is not installed: apt-get install wrk", file=sys.stderr)
         return 2
+    operations = [op for op in OPERATIONS if not args.only or op.key in args.only]
     progress = sys.stderr
     with ExitStack() as stack:
         folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="crm-mapper-bench-"))
@@ -187,13 +191,13 @@ def main(argv: list[str] | None = None) -> int:
                 "-b", f"127.0.0.1:{hand_port}", "--no-control-socket", *same, "benchmarks.handwritten:create_app()"],
                 env, hand_port, logs[HAND], "/")),
         }
-        check_same_work(servers, crm_url)
+        check_same_work(servers, crm_url, operations)
         results: dict[tuple[str, str], list[tuple[float, float, float, float, int, float]]] = {}
-        for op in OPERATIONS:  # warm-up: pools fill, first-call work happens, not counted
+        for op in operations:  # warm-up: pools fill, first-call work happens, not counted
             for server in servers.values():
                 wrk(server.url, op.lua(), connections=args.connections, seconds=1)
         for round_number in range(args.rounds):
-            for op in OPERATIONS:
+            for op in operations:
                 order = [ENGINE, HAND] if round_number % 2 == 0 else [HAND, ENGINE]
                 for name in order:
                     server = servers[name]
@@ -201,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                     cpu_before, calls_before = server.cpu_seconds(), crm_seen(crm_url)[0]
                     result = wrk(server.url, op.lua(), connections=args.connections, seconds=args.seconds)
                     cpu, calls = server.cpu_seconds() - cpu_before, crm_seen(crm_url)[0] - calls_before
+                    print(f"  {result.rps:.0f} req/s, {1000 * cpu / max(result.requests, 1):.2f} CPU ms per request",
+                          file=progress)
                     if result.errors:
                         print(f"  {name}: {result.error_text}", file=progress)
                     per_request = calls / max(result.requests, 1)
@@ -219,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"{'operation':<29} {'side':<13} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU ms/req':>10} "
           f"{'errors':>6} {'CRM calls/req':>13}")
-    for op in OPERATIONS:
+    for op in operations:
         for name in (HAND, ENGINE):
             rows = results[(op.label, name)]
             print(f"{op.label:<29} {name:<13} {statistics.median(r[0] for r in rows):7.0f} "
@@ -229,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"{'operation':<29} {'engine / hand-written req/s':>28} {'(rounds: min-max)':>18} "
           f"{'CPU per request':>16}")
-    for op in OPERATIONS:
+    for op in operations:
         engine, hand = results[(op.label, ENGINE)], results[(op.label, HAND)]
         ratio = statistics.median(r[0] for r in engine) / statistics.median(r[0] for r in hand)
         per_round = [e[0] / h[0] for e, h in zip(engine, hand, strict=True)]
