@@ -268,8 +268,9 @@ def test_a_reused_connection_blocks_and_its_watch_still_cuts_a_hang():
     client = Client(call_timeout=20.0, max_body_bytes=4096)
     try:
         assert client.send(Outbound("GET", url + "/first"), Deadline(8)).body == {}
-        pools = client.session.get_adapter(url).poolmanager.pools
-        [pooled] = [c for key in list(pools) for c in list(pools[key].pool.queue) if c is not None and c.sock]
+        pools = client.session.get_adapter(url).poolmanager.pools  # urllib3 forbids iterating it
+        [pooled] = [c for key in pools.keys() for c in list(pools[key].pool.queue)  # noqa: SIM118
+                    if c is not None and c.sock]
         assert pooled.sock.gettimeout() is None  # blocking: no poll before each send and receive
         started = time.monotonic()
         with pytest.raises(UpstreamTimeout):
