@@ -1,8 +1,9 @@
 """The idempotency store and guard (mapper/service/idempotency.py), on both stores.
 
-Every behaviour is checked against the in-memory store and a real
-``redis-server``; the last tests run two server processes sharing Redis, as
-two gunicorn replicas would, and send the retry to the other one.
+Every behaviour is checked against the in-memory store, the SQLite file a
+server's workers share, and a real ``redis-server``; the last tests run two
+server processes sharing Redis or one SQLite file, as two gunicorn workers
+or replicas would, and send the retry to the other one.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import requests
 from mapper.core.request_key import request_key
 from mapper.errors import ConfigError, KhorosError
 from mapper.service import idempotency
-from mapper.service.idempotency import Guard, MemoryStore, RedisStore, Settings, settings_from
+from mapper.service.idempotency import Guard, MemoryStore, RedisStore, Settings, SqliteStore, settings_from
+from mapper.service.server import share_idempotency_store
 from mapper.service.tenants import load_server
 from tests.support.healthz import wait_for_health
 from tests.support.khoros import KhorosClient
@@ -33,10 +35,15 @@ from tests.targets.registry import ROOT
 TOKEN = "two-process-khoros-token-0123"
 
 
-@pytest.fixture(params=["memory", "redis"])
-def store(request: pytest.FixtureRequest) -> Iterator[idempotency.Store]:
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[idempotency.Store]:
     if request.param == "memory":
         yield MemoryStore()
+        return
+    if request.param == "sqlite":
+        local = SqliteStore(str(tmp_path / "idempotency.sqlite3"))
+        yield local
+        local.close()
         return
     url = request.getfixturevalue("redis_url")
     redis.Redis.from_url(url).flushdb()
@@ -150,6 +157,34 @@ def test_the_answer_is_forgotten_after_the_window(store: idempotency.Store) -> N
     assert guard.once("acme", "create_case", "k", create, time.monotonic())[1]["id"] == "1"
     time.sleep(0.4)
     assert guard.once("acme", "create_case", "k", create, time.monotonic())[1]["id"] == "2"
+
+
+def test_two_sqlite_stores_on_one_file_share_claims_and_answers(tmp_path: Any) -> None:
+    # As two worker processes do: neither may run a create the other has claimed or answered.
+    path = str(tmp_path / "shared.sqlite3")
+    first, second = SqliteStore(path), SqliteStore(path)
+    claim = first.claim("k", 10)
+    assert claim.token is not None
+    assert second.claim("k", 10) == idempotency.Claim()  # running elsewhere: wait
+    first.finish("k", claim.token, (201, {"id": "7"}), 600)
+    assert second.claim("k", 10) == idempotency.Claim(answer=(201, {"id": "7"}))
+    taken = second.claim("other", 10)
+    first.release("other", "not-the-token")  # a late release by someone else keeps the claim
+    assert first.claim("other", 10) == idempotency.Claim()
+    assert taken.token is not None
+    second.release("other", taken.token)
+    assert first.claim("other", 10).token is not None
+
+
+def test_serve_gives_several_workers_one_sqlite_file_and_one_worker_none() -> None:
+    environ: dict[str, str] = {}
+    assert share_idempotency_store(1, environ) is None and environ == {}
+    path = share_idempotency_store(2, environ)
+    assert path is not None and environ["MAPPER_IDEMPOTENCY_PATH"] == path
+    assert os.path.isdir(os.path.dirname(path))
+    assert settings_from(environ) == Settings("sqlite", None, 600.0, path)
+    assert settings_from({**environ, "MAPPER_IDEMPOTENCY_STORE": "memory"}).store == "memory"  # named wins
+    assert share_idempotency_store(4, {"MAPPER_IDEMPOTENCY_PATH": "/srv/x.sqlite3"}) is None
 
 
 def test_an_unreachable_redis_serves_the_create_without_the_store(caplog: pytest.LogCaptureFixture) -> None:
@@ -270,9 +305,15 @@ def two_servers(environ: dict[str, str], args: list[str]) -> Iterator[tuple[Khor
             process.wait(timeout=20)
 
 
-@pytest.fixture(scope="module")
-def shared(demo_env: dict[str, str], redis_url: str) -> Iterator[tuple[KhorosClient, KhorosClient]]:  # noqa: F811
-    yield from two_servers({**demo_env, "MAPPER_REDIS_URL": redis_url}, ["--idempotency-store", "redis"])
+@pytest.fixture(scope="module", params=["redis", "sqlite"])
+def shared(request: pytest.FixtureRequest, demo_env: dict[str, str],
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KhorosClient, KhorosClient]]:
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        yield from two_servers({**demo_env, "MAPPER_REDIS_URL": url}, ["--idempotency-store", "redis"])
+        return
+    path = str(tmp_path_factory.mktemp("shared") / "idempotency.sqlite3")  # as serve.py's workers share one
+    yield from two_servers({**demo_env, "MAPPER_IDEMPOTENCY_PATH": path}, ["--idempotency-store", "sqlite"])
 
 
 @pytest.fixture(scope="module")
@@ -285,7 +326,7 @@ def customer_body() -> dict[str, Any]:
     return {"firstName": "Jane", "lastName": f"Doe{tag}", "email": f"jane.{tag}@example.com"}
 
 
-def test_with_redis_a_customer_retried_on_the_other_process_is_created_once(shared) -> None:
+def test_shared_a_customer_retried_on_the_other_process_is_created_once(shared) -> None:
     a, b = shared
     body = customer_body()
     first, retry = a.create_customer(body), b.create_customer(body)
@@ -294,7 +335,7 @@ def test_with_redis_a_customer_retried_on_the_other_process_is_created_once(shar
     assert [c["id"] for c in a.search({"email": body["email"]}).body] == [first.body["id"]]
 
 
-def test_with_redis_the_same_case_on_both_processes_at_once_is_created_once(shared) -> None:
+def test_shared_the_same_case_on_both_processes_at_once_is_created_once(shared) -> None:
     a, b = shared
     customer = a.create_customer(customer_body()).body
     tag = os.urandom(4).hex()
@@ -329,3 +370,42 @@ def test_without_redis_the_other_process_does_not_know_the_first_create(separate
     first, retry = a.create_customer(body), b.create_customer(body)
     assert first.status == 201
     assert retry.status != 201 or retry.body["id"] != first.body["id"]
+
+
+def test_serve_with_two_workers_catches_a_retry_whichever_worker_gets_it(demo_env: dict[str, str]) -> None:
+    """The default production shape (more than one worker, no store named): the retries of one
+    customer create, each on a new connection so that both workers get some, make one customer."""
+    port = free_port()
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("MAPPER_IDEMPOTENCY")}
+    process = subprocess.Popen(
+        [sys.executable, "serve.py", "--mapping", "mappings/demo.yaml", "--port", str(port),
+         "--workers", "2", "--threads", "4"],
+        cwd=ROOT, env={**environ, **demo_env, "MAPPER_AUTH_TOKENS": TOKEN},
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        wait_for_health(f"http://127.0.0.1:{port}", process, "serve.py")
+        body = customer_body()
+        del body["email"]  # the demo CRM refuses a second customer with one email: nothing else would
+        barrier = threading.Barrier(8)
+        answers: list[requests.Response] = []
+
+        def send() -> None:
+            barrier.wait()
+            answers.append(requests.post(f"http://127.0.0.1:{port}/api/v1/customer", json=body, timeout=10,
+                                         headers={"Authorization": TOKEN, "Connection": "close"}))
+
+        threads = [threading.Thread(target=send) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert [a.status_code for a in answers] == [201] * 8, [a.text for a in answers]
+        assert len({a.json()["id"] for a in answers}) == 1
+        found = KhorosClient(f"http://127.0.0.1:{port}", TOKEN).search({"lastName": body["lastName"]}).body
+        assert [c["id"] for c in found] == [answers[0].json()["id"]]
+    finally:
+        process.terminate()
+        out, _ = process.communicate(timeout=20)
+    shared = [line for line in out.splitlines() if line.startswith("Repeated creates are caught across")]
+    assert len(shared) == 1, out
+    assert not os.path.exists(os.path.dirname(shared[0].rsplit(" in ", 1)[1]))  # removed with the server

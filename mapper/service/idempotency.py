@@ -16,14 +16,17 @@ answer. A request that finds:
 * an answer: sends that answer again (same status, same id).
 
 A claim expires after :data:`LEASE_SECONDS`, so a process that died holding
-one blocks nobody for long. Two stores: :class:`MemoryStore` (one process,
-the default) and :class:`RedisStore` (shared by every worker and replica).
+one blocks nobody for long. Three stores: :class:`MemoryStore` (one process,
+the default), :class:`SqliteStore` (one file shared by the workers of one
+server: ``serve.py``'s default when it runs more than one) and
+:class:`RedisStore` (shared by every worker and replica).
 If Redis cannot be reached, the create runs unguarded and the failure is
 logged: the mapping's ``find:`` still keeps the CRM free of duplicates.
 
 Configuration (environment, or ``idempotency:`` in the server file; the
-environment wins): ``MAPPER_IDEMPOTENCY_STORE`` (``memory`` or ``redis``),
-``MAPPER_REDIS_URL`` (``redis://host:port/db``), ``MAPPER_IDEMPOTENCY_WINDOW``
+environment wins): ``MAPPER_IDEMPOTENCY_STORE`` (``memory``, ``sqlite`` or ``redis``),
+``MAPPER_REDIS_URL`` (``redis://host:port/db``), ``MAPPER_IDEMPOTENCY_PATH``
+(the sqlite file; set, it makes sqlite the default), ``MAPPER_IDEMPOTENCY_WINDOW``
 (seconds; 0 turns the store off).
 """
 
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import time
 import uuid
@@ -54,7 +58,7 @@ LEASE_SECONDS = OPERATION_BUDGET + 2.0
 # How often a waiting request looks at Redis again.
 POLL_SECONDS = 0.05
 KEY_PREFIX = "crm-mapper:idempotency"
-STORES = ("memory", "redis")
+STORES = ("memory", "sqlite", "redis")
 
 Answer = tuple[int, Any]
 
@@ -154,6 +158,74 @@ _CLAIMED = "claim:"
 _ANSWERED = "answer:"
 
 
+class SqliteStore:
+    """Claims and answers in one SQLite file, shared by the worker processes of one server.
+
+    ``serve.py`` with more than one worker uses it unless another store is named: a Khoros
+    retry may reach any worker, and a memory store is one worker's alone. Replicas on
+    other machines need Redis. Each thread has its own connection (SQLite's rule); a
+    claim is one write transaction, so two workers cannot both take a key. Times are
+    ``time.monotonic()``, one clock for every process of the machine."""
+
+    def __init__(self, path: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = path
+        self._clock = clock
+        self._local = threading.local()
+        self._writes = 0
+        self._connect().execute("CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, "
+                                "token TEXT, answer TEXT, expires REAL NOT NULL)")
+
+    def _connect(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            # Autocommit (isolation_level None): transactions are the explicit BEGIN IMMEDIATE below.
+            connection = sqlite3.connect(self.path, timeout=2.0, isolation_level=None, check_same_thread=False)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            self._local.connection = connection
+        return connection
+
+    def claim(self, key: str, lease: float) -> Claim:
+        connection = self._connect()
+        connection.execute("BEGIN IMMEDIATE")  # the write lock: one claimant at a time
+        try:
+            now = self._clock()
+            row = connection.execute("SELECT token, answer, expires FROM idempotency WHERE key = ?",
+                                     (key,)).fetchone()
+            if row is not None and row[2] > now:
+                connection.execute("COMMIT")
+                if row[1] is not None:
+                    status, payload = json.loads(row[1])
+                    return Claim(answer=(int(status), payload))
+                return Claim()
+            token = uuid.uuid4().hex
+            connection.execute("INSERT OR REPLACE INTO idempotency VALUES (?, ?, NULL, ?)", (key, token, now + lease))
+            self._writes += 1
+            if self._writes % 256 == 0:  # now and then, not on every claim
+                connection.execute("DELETE FROM idempotency WHERE expires <= ?", (now,))
+            connection.execute("COMMIT")
+            return Claim(token=token)
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+
+    def finish(self, key: str, token: str, answer: Answer, window: float) -> None:
+        self._connect().execute("INSERT OR REPLACE INTO idempotency VALUES (?, NULL, ?, ?)",
+                                (key, json.dumps(list(answer)), self._clock() + window))
+
+    def release(self, key: str, token: str) -> None:
+        self._connect().execute("DELETE FROM idempotency WHERE key = ? AND token = ?", (key, token))
+
+    def wait(self, key: str, seconds: float) -> None:
+        time.sleep(min(max(seconds, 0.0), POLL_SECONDS))
+
+    def close(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
+
 class RedisStore:
     """Claims and answers in Redis, shared by every process and replica that uses it.
 
@@ -203,6 +275,7 @@ class Settings:
     store: str = "memory"
     redis_url: str | None = None
     window: float = DEFAULT_WINDOW
+    path: str | None = None  # the sqlite store's file
 
 
 def settings_from(environ: Mapping[str, str], server_file: Mapping[str, Any] | None = None,
@@ -212,7 +285,10 @@ def settings_from(environ: Mapping[str, str], server_file: Mapping[str, Any] | N
     The Redis URL may hold a password, so the server file names the variable that holds
     it (``redis_url_env``, default ``MAPPER_REDIS_URL``), never the URL itself."""
     block = dict(server_file or {})
-    store = environ.get("MAPPER_IDEMPOTENCY_STORE", "").strip() or str(block.get("store", "memory"))
+    path = environ.get("MAPPER_IDEMPOTENCY_PATH", "").strip() or None
+    # serve.py sets the path for its workers to share (see SqliteStore): then sqlite is the default.
+    default = "sqlite" if path else "memory"
+    store = environ.get("MAPPER_IDEMPOTENCY_STORE", "").strip() or str(block.get("store", default))
     url_env = str(block.get("redis_url_env", "MAPPER_REDIS_URL"))
     url = environ.get(url_env, "").strip() or None
     raw_window = environ.get("MAPPER_IDEMPOTENCY_WINDOW", "").strip() or block.get("window_seconds", DEFAULT_WINDOW)
@@ -231,9 +307,12 @@ def settings_from(environ: Mapping[str, str], server_file: Mapping[str, Any] | N
     if store == "redis" and not url:
         problems.append(Problem(where, line, url_env, "the idempotency store is redis but this variable is not "
                                                    "set; set it to the server's URL (redis://host:6379/0)"))
+    if store == "sqlite" and not path:
+        problems.append(Problem(where, line, "MAPPER_IDEMPOTENCY_PATH", "the idempotency store is sqlite but this "
+                                "variable is not set; set it to a file all the server's workers can write"))
     if problems:
         raise ConfigError(problems)
-    return Settings(store, url, window)
+    return Settings(store, url, window, path if store == "sqlite" else None)
 
 
 def open_store(settings: Settings) -> Store | None:
@@ -243,6 +322,9 @@ def open_store(settings: Settings) -> Store | None:
     if settings.store == "redis":
         assert settings.redis_url is not None
         return RedisStore(settings.redis_url)
+    if settings.store == "sqlite":
+        assert settings.path is not None
+        return SqliteStore(settings.path)
     return MemoryStore()
 
 

@@ -15,9 +15,13 @@ longer answer in time.
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -94,3 +98,27 @@ class Server(BaseApplication):
 def run(app: WSGIApp, options: dict[str, Any]) -> None:
     """Serve ``app`` until gunicorn is stopped (SIGTERM, SIGINT)."""
     Server(app, options).run()
+
+
+IDEMPOTENCY_FILE = "idempotency.sqlite3"
+
+
+def share_idempotency_store(workers: int, environ: MutableMapping[str, str]) -> str | None:
+    """With more than one worker, give them one idempotency file (``MAPPER_IDEMPOTENCY_PATH``,
+    which makes the sqlite store the default; a store named elsewhere still wins): a Khoros
+    retry may reach another worker than the first attempt, and a memory store is one
+    worker's alone. The file lives in a private folder, removed when the master exits.
+    Returns the path, or None when one worker needs none or a path was set already."""
+    if workers <= 1 or environ.get("MAPPER_IDEMPOTENCY_PATH"):
+        return None
+    folder = tempfile.mkdtemp(prefix="crm-mapper-")
+    master = os.getpid()
+
+    def remove() -> None:  # workers leave through sys.exit too: only the master removes it
+        if os.getpid() == master:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    atexit.register(remove)
+    path = environ["MAPPER_IDEMPOTENCY_PATH"] = os.path.join(folder, IDEMPOTENCY_FILE)
+    return path
+

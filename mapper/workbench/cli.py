@@ -260,9 +260,11 @@ def init(specs: tuple[str, ...], customer: str | None, case_: str | None, note: 
               show_envvar=True, help="Seconds requests in flight get to finish on stop (default 10).")
 @click.option("--keepalive", type=click.IntRange(min=1), envvar="MAPPER_KEEPALIVE", show_envvar=True,
               help="Seconds an idle client connection stays open (default 5).")
-@click.option("--idempotency-store", type=click.Choice(["memory", "redis"]), envvar="MAPPER_IDEMPOTENCY_STORE",
-              show_envvar=True, help="Where repeated creates are caught: memory (each process) or redis "
-              "(shared; URL in $MAPPER_REDIS_URL). Default memory, or the server file's idempotency block.")
+@click.option("--idempotency-store", type=click.Choice(["memory", "sqlite", "redis"]),
+              envvar="MAPPER_IDEMPOTENCY_STORE", show_envvar=True,
+              help="Where repeated creates are caught: memory (each process), sqlite (one file for this "
+              "server's processes: the default with more than one) or redis (shared by replicas too; URL in "
+              "$MAPPER_REDIS_URL). Default: the server file's idempotency block, else as said.")
 @click.option("--idempotency-window", type=click.FloatRange(min=0), envvar="MAPPER_IDEMPOTENCY_WINDOW",
               show_envvar=True, help="Seconds a create's answer is kept for a retry (default 600; 0: off).")
 def serve(config_path: str | None, mapping_path: str | None, host: str, port: int, workers: int | None,
@@ -274,7 +276,7 @@ def serve(config_path: str | None, mapping_path: str | None, host: str, port: in
     every file and swaps them in only if all are good (docs/service.md)."""
     from ..service import gunicorn_conf
     from ..service.app import create_app, parse_tokens
-    from ..service.server import run, settings
+    from ..service.server import run, settings, share_idempotency_store
 
     tokens = parse_tokens(os.environ.get("MAPPER_AUTH_TOKENS"))
     # The app reads these from the environment (over the server file's idempotency block).
@@ -299,6 +301,7 @@ def serve(config_path: str | None, mapping_path: str | None, host: str, port: in
     options = settings({"bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"], "workers": workers,
                         "threads": threads, "timeout": timeout, "graceful_timeout": graceful_timeout,
                         "keepalive": keepalive})
+    shared = share_idempotency_store(int(options.get("workers", gunicorn_conf.workers)), os.environ)
     try:
         pool_size = options.get("threads", gunicorn_conf.threads)
         if config_path:
@@ -314,6 +317,8 @@ def serve(config_path: str | None, mapping_path: str | None, host: str, port: in
     click.echo(f"Serving {served} ({config_path or mapping_path}) on http://{host}:{port}/api/v1 "
                f"({options['workers']} processes x {options['threads']} threads; pid {os.getpid()}, "
                "SIGHUP reloads)")
+    if shared and runtime.current.idempotency.store == "sqlite":
+        click.echo(f"Repeated creates are caught across the {options['workers']} processes in {shared}")
     sys.stdout.flush()
     run(app, options)
 
