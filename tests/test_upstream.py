@@ -283,6 +283,37 @@ def test_a_reused_connection_blocks_and_its_watch_still_cuts_a_hang():
         listener.close()
 
 
+def test_a_tls_handshake_that_never_ends_says_nothing_was_sent():
+    # The CRM's port accepts connections but never answers the TLS hello: urllib3 calls that a
+    # read timeout, yet no request was written, and the message must not say it was sent.
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True).start()
+    client = Client(call_timeout=20.0, max_body_bytes=4096)
+    try:
+        with pytest.raises(UpstreamTimeout) as caught:
+            client.send(Outbound("POST", f"https://127.0.0.1:{listener.getsockname()[1]}/cases"), Deadline(1.5))
+        assert "nothing was sent" in caught.value.message
+        assert "may have been applied" not in caught.value.message
+    finally:
+        client.close()
+        for sock in accepted:
+            sock.close()
+        listener.close()
+
+
+def test_a_timeout_on_a_write_may_have_applied_it_but_not_on_a_read_sent_as_post(crm):
+    client = Client(call_timeout=0.5, max_body_bytes=4096)
+    with pytest.raises(UpstreamTimeout) as write:
+        client.send(Outbound("POST", crm.url + "/hang", json_body={}, has_json_body=True), Deadline(8))
+    with pytest.raises(UpstreamTimeout) as search:  # a search some CRMs take as POST: request.safe
+        client.send(Outbound("POST", crm.url + "/hang", json_body={}, has_json_body=True), Deadline(1.2), safe=True)
+    client.close()
+    assert "(it may have been applied)" in write.value.message
+    assert "was sent POST /hang" in search.value.message
+    assert "applied" not in search.value.message
+
+
 def test_the_call_timeout_caps_a_call_even_when_the_budget_is_larger(crm):
     client = Client(call_timeout=0.3, max_body_bytes=4096)
     started = time.monotonic()

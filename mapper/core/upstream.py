@@ -38,7 +38,7 @@ from ..errors import MappingRuntimeError, UpstreamError, UpstreamTimeout, Upstre
 from . import context
 from .budget import Deadline
 from .transport import Transport
-from .watchdog import POOL_CLASSES, watching
+from .watchdog import POOL_CLASSES, Watch, watching
 
 log = logging.getLogger("mapper.upstream")
 
@@ -188,7 +188,7 @@ class Client:
             if sign:
                 self.signer.sign(attempt, self, deadline)
             try:
-                answer = self.send_raw(attempt, deadline)
+                answer = self.send_raw(attempt, deadline, safe=safe)
             except UpstreamError as exc:
                 if not (safe and exc.retry_allowed(safe)):
                     raise
@@ -245,8 +245,11 @@ class Client:
             self._sleep(wait)
         return retry
 
-    def send_raw(self, outbound: Outbound, deadline: Deadline) -> Inbound:
+    def send_raw(self, outbound: Outbound, deadline: Deadline, *, safe: bool | None = None) -> Inbound:
         """One HTTP exchange, bounded by the deadline, with no auth or retry logic.
+
+        ``safe`` (as for :meth:`send`) only changes what an error says: a write that got
+        no answer may have been applied, a read (or a search sent as POST) was not.
 
         The whole exchange (connect, headers, body) is watched: at the end of its time the
         socket is shut down (:mod:`mapper.core.watchdog`), whatever pace the CRM keeps."""
@@ -275,9 +278,9 @@ class Client:
             except UpstreamError:
                 raise
             except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-                raise _transport_error(exc, outbound, allowed, watch.fired) from exc
+                raise _transport_error(exc, outbound, allowed, watch, is_safe(outbound.method, safe)) from exc
             if watch.fired:  # a body without a length ends when the socket closes: it may be cut
-                raise _no_answer(outbound, allowed, _read_timeout(outbound, "deadline"))
+                raise _no_answer(outbound, allowed, _read_timeout(outbound, "deadline"), is_safe(outbound.method, safe))
         seconds = time.monotonic() - started
         text = raw.decode(_charset(response), errors="replace")
         headers = response.headers  # a CaseInsensitiveDict made for this answer alone (WatchedAdapter)
@@ -397,10 +400,17 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         todo += [arg for arg in item.args if isinstance(arg, BaseException)]
 
 
-def _transport_error(exc: BaseException, outbound: Outbound, allowed: float, fired: bool) -> UpstreamError:
-    """Say what happened: never connected (nothing sent), or sent and then no (whole) answer."""
+def _transport_error(exc: BaseException, outbound: Outbound, allowed: float, watch: Watch,
+                     safe: bool) -> UpstreamError:
+    """Say what happened: never connected (nothing sent), or sent and then no (whole) answer.
+
+    A watched connection claims its watch just before the request is written, so a watch
+    without a connection means nothing was written: a TLS handshake that timed out is
+    reported by urllib3 as a read timeout, but the request never left."""
     causes = list(_causes(exc))
-    not_connected = any(isinstance(c, (NewConnectionError, ConnectTimeoutError)) for c in causes)
+    fired = watch.fired
+    not_connected = (any(isinstance(c, (NewConnectionError, ConnectTimeoutError)) for c in causes)
+                     or (watch.connection is None and _is_timeout(exc, causes)))
     if fired or isinstance(exc, requests.ReadTimeout) or any(isinstance(c, ReadTimeoutError) for c in causes):
         if not_connected:
             error: UpstreamError = UpstreamTimeout(
@@ -410,7 +420,7 @@ def _transport_error(exc: BaseException, outbound: Outbound, allowed: float, fir
             error.transient = ConnectTimeoutError(str(exc))
             error.nothing_sent = True
             return error
-        return _no_answer(outbound, allowed, _read_timeout(outbound, str(exc)))
+        return _no_answer(outbound, allowed, _read_timeout(outbound, str(exc)), safe)
     if isinstance(exc, requests.ConnectTimeout) or not_connected:
         refused = any(isinstance(c, ConnectionRefusedError) for c in causes)
         error = UpstreamUnavailable(
@@ -420,9 +430,10 @@ def _transport_error(exc: BaseException, outbound: Outbound, allowed: float, fir
         error.transient = NewConnectionError(None, str(exc))  # type: ignore[arg-type]
         error.nothing_sent = True
         return error
+    applied = "but as a read it changed nothing" if safe else "so it may have been applied"
     error = UpstreamUnavailable(
         f"The CRM dropped the connection during {outbound.describe()} before its answer was complete: "
-        "the request was sent, so it may have been applied. Check the CRM's health and logs.",
+        f"the request was sent, {applied}. Check the CRM's health and logs.",
         internal=type(exc).__name__)
     error.transient = ProtocolError(str(exc))
     return error
@@ -433,8 +444,12 @@ def _read_timeout(outbound: Outbound, text: str) -> ReadTimeoutError:
     return ReadTimeoutError(None, outbound.describe(), text)  # type: ignore[arg-type]
 
 
-def _no_answer(outbound: Outbound, allowed: float, cause: Exception) -> UpstreamTimeout:
-    applied = "" if outbound.method.upper() in SAFE_METHODS else " (it may have been applied)"
+def _is_timeout(exc: BaseException, causes: list[BaseException]) -> bool:
+    return isinstance(exc, requests.Timeout) or any(isinstance(c, (ReadTimeoutError, TimeoutError)) for c in causes)
+
+
+def _no_answer(outbound: Outbound, allowed: float, cause: Exception, safe: bool) -> UpstreamTimeout:
+    applied = "" if safe else " (it may have been applied)"
     error = UpstreamTimeout(
         f"The CRM was sent {outbound.describe()} but gave no complete answer within {allowed:.1f} s{applied}; "
         "we stopped waiting to answer Khoros in time. Check that the CRM is up and responsive.",
