@@ -176,6 +176,13 @@ def test_two_sqlite_stores_on_one_file_share_claims_and_answers(tmp_path: Any) -
     assert first.claim("other", 10).token is not None
 
 
+def test_an_unwritable_sqlite_file_serves_the_create_without_the_store(tmp_path: Any,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    guard, create = Guard(SqliteStore(str(tmp_path / "no-such-folder" / "x.sqlite3")), 600), Counter()
+    assert guard.once("acme", "create_case", "k", create, time.monotonic()) == (201, {"id": "1"})
+    assert "idempotency store unavailable" in caplog.text
+
+
 def test_serve_gives_several_workers_one_sqlite_file_and_one_worker_none() -> None:
     environ: dict[str, str] = {}
     assert share_idempotency_store(1, environ) is None and environ == {}

@@ -172,16 +172,18 @@ class SqliteStore:
         self._clock = clock
         self._local = threading.local()
         self._writes = 0
-        self._connect().execute("CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, "
-                                "token TEXT, answer TEXT, expires REAL NOT NULL)")
 
     def _connect(self) -> sqlite3.Connection:
+        """This thread's connection, opened at its first use: a file that cannot be opened
+        fails a claim, and the guard then runs the create unguarded and logs why."""
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
             # Autocommit (isolation_level None): transactions are the explicit BEGIN IMMEDIATE below.
             connection = sqlite3.connect(self.path, timeout=2.0, isolation_level=None, check_same_thread=False)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute("CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, "
+                               "token TEXT, answer TEXT, expires REAL NOT NULL)")
             self._local.connection = connection
         return connection
 
@@ -206,7 +208,8 @@ class SqliteStore:
             connection.execute("COMMIT")
             return Claim(token=token)
         except BaseException:
-            connection.execute("ROLLBACK")
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
             raise
 
     def finish(self, key: str, token: str, answer: Answer, window: float) -> None:
