@@ -55,7 +55,7 @@ GUARDED_OPERATIONS = frozenset({"create_customer", "create_case"})
 DEFAULT_WINDOW = 600.0
 # How long a claim holds without an answer: a whole Khoros budget, and a little more.
 LEASE_SECONDS = OPERATION_BUDGET + 2.0
-# How often a waiting request looks at Redis again.
+# How often a waiting request looks at Redis or the SQLite file again.
 POLL_SECONDS = 0.05
 KEY_PREFIX = "crm-mapper:idempotency"
 STORES = ("memory", "sqlite", "redis")
