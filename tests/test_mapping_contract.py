@@ -3,8 +3,9 @@
 The vendor modules (tests/test_mapping_<vendor>.py) pin what is particular to
 one CRM; the behaviours here were written once per vendor and are the same
 contract: an unknown record is a 404 naming it with a trace id, a short 429 is
-waited out and a long one is a clear 500 without a second call, and a retried
-case create finds the case it made instead of making another. A vendor joins
+waited out and a long one is a clear 500 without a second call, a retried
+case create finds the case it made instead of making another, and a closed
+case is never taken for a new one. A vendor joins
 by a row in ``VENDORS``.
 """
 
@@ -177,3 +178,21 @@ def test_a_retried_create_returns_the_same_case_and_adds_only_what_is_missing(
     assert retried.body["id"] == original["id"]
     assert retried.body["interactions"] == [first, second]
     assert vendor.cases_titled(state, f"Retry {unique}") == [original["id"]]
+
+
+@pytest.mark.parametrize("vendor", VENDORS, ids=_ids)
+def test_a_closed_case_is_not_reused_for_a_new_case(khoros: KhorosClient, vendor: Vendor, state: Any,
+                                                    unique: str) -> None:
+    customer = make_customer(khoros, vendor, unique)
+    body = {"customerId": customer["id"], "title": f"Again {unique}",
+            "interactions": [interaction(unique, 1, vendor.interaction_text)]}
+    old = khoros.create_case(body).body
+    assert khoros.update_case(old["id"], {"status": "closed"}).status == 200
+
+    # A new title: the same first interaction (the mappings' key), but another Khoros request,
+    # which the server's idempotency store would otherwise answer with the old case.
+    new = khoros.create_case({**body, "title": f"Again {unique} later"})
+
+    assert new.status == 201
+    assert new.body["id"] != old["id"]
+

@@ -253,20 +253,6 @@ def test_a_ticket_keeps_only_its_first_interactions_key_as_a_tag_when_retried(
     assert freshdesk.tickets[int(original["id"])]["tags"] == [f"khoros:twitter:{first['serviceId']}"]
 
 
-def test_a_resolved_ticket_is_not_reused_for_a_new_case(khoros: KhorosClient, unique: str) -> None:
-    customer = make_customer(khoros, unique)
-    body = {"customerId": customer["id"], "title": f"Again {unique}", "interactions": [interaction(unique, 1)]}
-    old = khoros.create_case(body).body
-    assert khoros.update_case(old["id"], {"status": "closed"}).status == 200
-
-    # A new title: the same first interaction (the mapping's key), but another Khoros request,
-    # which the server's idempotency store would otherwise answer with the old case.
-    new = khoros.create_case({**body, "title": f"Again {unique} later"})
-
-    assert new.status == 201
-    assert new.body["id"] != old["id"]
-
-
 def test_customer_cases_follow_the_link_header_to_the_next_page(khoros: KhorosClient, freshdesk: FreshdeskState,
                                                                unique: str) -> None:
     customer = make_customer(khoros, unique)

@@ -265,21 +265,6 @@ def test_interactions_added_by_update_are_read_back_and_agent_replies_are_not(
     assert khoros.get_case(case["id"]).body["interactions"] == [first, later]
 
 
-def test_a_solved_ticket_is_not_reused_for_a_new_case(khoros: KhorosClient, zendesk: ZendeskState,
-                                                     unique: str) -> None:
-    customer = make_customer(khoros, unique)
-    body = {"customerId": customer["id"], "title": f"Again {unique}", "interactions": [interaction(unique, 1)]}
-    old = khoros.create_case(body).body
-    assert khoros.update_case(old["id"], {"status": "closed"}).status == 200
-
-    # A new title: the same first interaction (the mapping's key), but another Khoros request,
-    # which the server's idempotency store would otherwise answer with the old case.
-    new = khoros.create_case({**body, "title": f"Again {unique} later"})
-
-    assert new.status == 201
-    assert new.body["id"] != old["id"]
-
-
 def test_interactions_on_a_closed_ticket_are_refused_with_the_field_named(khoros: KhorosClient,
                                                                          zendesk: ZendeskState,
                                                                          unique: str) -> None:
