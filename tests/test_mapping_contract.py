@@ -22,18 +22,18 @@ from tests.fakes.dynamics import API as DYNAMICS_API
 from tests.fakes.servicenow import CASE_TABLE, CONTACT_TABLE
 from tests.support.khoros import KhorosClient
 from tests.support.openapi_check import OpenApiCheck
-from tests.support.vendor_mapping import TRACE, checked_state, interaction, since
+from tests.support.vendor_mapping import (
+    TRACE,
+    checked_state,
+    created,
+    first_last_customer,
+    interaction,
+    named_customer,
+    since,
+)
 from tests.targets.registry import ROOT
 
 pytestmark = pytest.mark.vendor
-
-
-def _named(unique: str) -> dict[str, Any]:
-    return {"name": f"Ann Lee {unique}", "email": f"ann.{unique}@example.com"}
-
-
-def _first_last(unique: str) -> dict[str, Any]:
-    return {"firstName": "Ann", "lastName": f"Lee {unique}", "email": f"ann.{unique}@example.com"}
 
 
 @dataclass(frozen=True)
@@ -58,21 +58,21 @@ class Vendor:
 
 
 ZENDESK = Vendor(
-    "zendesk", _named, lambda id_: f"/api/v2/users/{id_}.json",
+    "zendesk", named_customer, lambda id_: f"/api/v2/users/{id_}.json",
     lambda state, title: [str(k) for k, t in state.tickets.items() if t["subject"] == title],
     update_customer={"notes": "x"}, update_case={"priority": "low"})
 FRESHDESK = Vendor(
-    "freshdesk", _named, lambda id_: f"/api/v2/contacts/{id_}",
+    "freshdesk", named_customer, lambda id_: f"/api/v2/contacts/{id_}",
     lambda state, title: [str(k) for k, t in state.tickets.items() if t["subject"] == title],
     update_customer={"notes": "x"}, spec=OpenApiCheck(f"{ROOT}/tests/specs/freshdesk.yaml"),
     interaction_text="<b>my</b> order & never came")
 SERVICENOW = Vendor(
-    "servicenow", _first_last, lambda id_: f"/api/now/table/{CONTACT_TABLE}/{id_}",
+    "servicenow", first_last_customer, lambda id_: f"/api/now/table/{CONTACT_TABLE}/{id_}",
     lambda state, title: [r["sys_id"] for r in state.tables[CASE_TABLE].values()
                           if r["short_description"] == title],
     missing="0123456789abcdef0123456789abcdef", spec=OpenApiCheck(f"{ROOT}/tests/specs/servicenow.yaml"))
 DYNAMICS = Vendor(
-    "dynamics", _first_last, lambda id_: f"{DYNAMICS_API}/contacts({id_})",
+    "dynamics", first_last_customer, lambda id_: f"{DYNAMICS_API}/contacts({id_})",
     lambda state, title: [k for k, i in state.records["incidents"].items() if i["title"] == title],
     missing="00000000-0000-0000-0000-0000000000aa", spec=OpenApiCheck(f"{ROOT}/tests/specs/dynamics.yaml"),
     described=lambda request: request.path.startswith(DYNAMICS_API), unique_length=8)
@@ -111,9 +111,7 @@ def unique(vendor: Vendor) -> str:
 
 
 def make_customer(khoros: KhorosClient, vendor: Vendor, unique: str) -> dict[str, Any]:
-    answer = khoros.create_customer(vendor.customer(unique))
-    assert answer.status == 201, answer.body
-    return answer.body
+    return created(khoros, vendor.customer(unique))
 
 
 CALLS: dict[str, Callable[[KhorosClient, Vendor], Any]] = {

@@ -25,7 +25,7 @@ from tests.fakes.dynamics import API, Comparison, DynamicsState, comparisons
 from tests.support.khoros import KhorosClient
 from tests.support.mappings import without_live_cache
 from tests.support.openapi_check import OpenApiCheck
-from tests.support.vendor_mapping import TRACE, checked_state, interaction
+from tests.support.vendor_mapping import TRACE, checked_state, created, first_last_customer, interaction
 from tests.targets.registry import ROOT
 
 MAPPING = f"{ROOT}/mappings/dynamics.yaml"
@@ -56,10 +56,7 @@ def unique() -> str:
 
 
 def make_customer(khoros: KhorosClient, unique: str, **fields: Any) -> dict[str, Any]:
-    body = {"firstName": "Ann", "lastName": f"Lee {unique}", "email": f"ann.{unique}@example.com", **fields}
-    answer = khoros.create_customer(body)
-    assert answer.status == 201, answer.body
-    return answer.body
+    return created(khoros, first_last_customer(unique, **fields))
 
 
 # --------------------------------------------------------------- OAuth

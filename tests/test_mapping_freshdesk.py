@@ -29,7 +29,7 @@ from tests.fakes.freshdesk import FreshdeskState
 from tests.support.khoros import KhorosClient
 from tests.support.mappings import without_live_cache
 from tests.support.openapi_check import OpenApiCheck
-from tests.support.vendor_mapping import TRACE, checked_state, since
+from tests.support.vendor_mapping import TRACE, checked_state, created, named_customer, since
 from tests.support.vendor_mapping import interaction as _interaction
 from tests.targets.registry import ROOT
 
@@ -63,10 +63,7 @@ def interaction(unique: str, n: int, **extra: Any) -> dict[str, Any]:
 
 
 def make_customer(khoros: KhorosClient, unique: str, **fields: Any) -> dict[str, Any]:
-    body = {"name": f"Ann Lee {unique}", "email": f"ann.{unique}@example.com", **fields}
-    answer = khoros.create_customer(body)
-    assert answer.status == 201, answer.body
-    return answer.body
+    return created(khoros, named_customer(unique, **fields))
 
 
 # --------------------------------------------------------------- credentials

@@ -27,7 +27,7 @@ from tests.fakes.zendesk import SearchTerm, ZendeskState, create_app
 from tests.support.khoros import KhorosClient
 from tests.support.live_server import LiveServer
 from tests.support.mappings import without_live_cache
-from tests.support.vendor_mapping import TRACE, checked_state, interaction, since
+from tests.support.vendor_mapping import TRACE, checked_state, created, interaction, named_customer, since
 from tests.targets.registry import ROOT
 
 MAPPING = f"{ROOT}/mappings/zendesk.yaml"
@@ -55,10 +55,7 @@ def unique() -> str:
 
 
 def make_customer(khoros: KhorosClient, unique: str, **fields: Any) -> dict[str, Any]:
-    body = {"name": f"Ann Lee {unique}", "email": f"ann.{unique}@example.com", **fields}
-    answer = khoros.create_customer(body)
-    assert answer.status == 201, answer.body
-    return answer.body
+    return created(khoros, named_customer(unique, **fields))
 
 
 def by_service_id(interactions: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -3,6 +3,9 @@ contract they all keep, tests/test_mapping_contract.py).
 
     TRACE           the trace id at the end of every Khoros error message
     interaction     a Khoros interaction, numbered, with this test's unique ids
+    named_customer, first_last_customer
+                    a Khoros customer body for CRMs with one name field or two
+    created         a customer made through the bridge (a 201, or the test fails)
     since           what a fake received after a mark
     checked_state   a fake's state for one test: afterwards every request is held
                     to the vendor's API description and no fault is left queued
@@ -26,6 +29,23 @@ def interaction(unique: str, n: int, text: str = "my order never came", **extra:
             "service": "twitter", "contentType": "post" if n == 1 else "reply",
             "author": {"service": "twitter", "serviceId": f"7{n}", "handle": "annlee", "name": "Ann Lee",
                        "brandOwned": False}, **extra}
+
+
+def named_customer(unique: str, **fields: Any) -> dict[str, Any]:
+    """A customer for CRMs with one name field (Zendesk, Freshdesk)."""
+    return {"name": f"Ann Lee {unique}", "email": f"ann.{unique}@example.com", **fields}
+
+
+def first_last_customer(unique: str, **fields: Any) -> dict[str, Any]:
+    """A customer for CRMs with first and last names (ServiceNow, Dynamics)."""
+    return {"firstName": "Ann", "lastName": f"Lee {unique}", "email": f"ann.{unique}@example.com", **fields}
+
+
+def created(khoros: Any, body: dict[str, Any]) -> dict[str, Any]:
+    """The customer the bridge made from ``body``."""
+    answer = khoros.create_customer(body)
+    assert answer.status == 201, answer.body
+    return dict(answer.body)
 
 
 def since(state: Any, mark: int) -> list[Any]:
